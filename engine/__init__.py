@@ -1,0 +1,8 @@
+"""kojudge: a judging engine that runs LLM judges over many candidate answers fast, and trains them."""
+from kojudge.config import ModelConfig, load_config
+from kojudge.engine import Engine
+from kojudge.model import Model
+from kojudge.sampling import SamplingParams
+from kojudge.sequence import RequestOutput
+
+__all__ = ["Engine", "Model", "ModelConfig", "RequestOutput", "SamplingParams", "load_config"]

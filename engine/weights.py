@@ -1,0 +1,102 @@
+"""Weights from (and to) Hugging Face safetensors: single or sharded files, never pickle."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from kojudge.config import ModelConfig
+from kojudge.model import Model
+
+
+def hf_sources(config: ModelConfig) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    """(our parameter name, [(HF tensor name, rows)]): our tensor is the HF pieces stacked along dim 0."""
+    yield "embed_tokens.weight", [("model.embed_tokens.weight", config.vocab_size)]
+    yield "norm.weight", [("model.norm.weight", config.hidden_size)]
+    if not config.tie_word_embeddings:
+        yield "lm_head.weight", [("lm_head.weight", config.vocab_size)]
+    q, kv, inter, hidden = config.q_size, config.kv_size, config.intermediate_size, config.hidden_size
+    for i in range(config.num_layers):
+        hf, ours = f"model.layers.{i}.", f"layers.{i}."
+        qkv_kinds = ["weight"] + (["bias"] if config.qkv_bias else [])
+        for kind in qkv_kinds:
+            yield f"{ours}self_attn.qkv_proj.{kind}", [
+                (f"{hf}self_attn.q_proj.{kind}", q), (f"{hf}self_attn.k_proj.{kind}", kv), (f"{hf}self_attn.v_proj.{kind}", kv)
+            ]
+        for kind in ["weight"] + (["bias"] if config.o_bias else []):
+            yield f"{ours}self_attn.o_proj.{kind}", [(f"{hf}self_attn.o_proj.{kind}", hidden)]
+        for kind in ["weight"] + (["bias"] if config.mlp_bias else []):
+            yield f"{ours}mlp.gate_up_proj.{kind}", [(f"{hf}mlp.gate_proj.{kind}", inter), (f"{hf}mlp.up_proj.{kind}", inter)]
+            yield f"{ours}mlp.down_proj.{kind}", [(f"{hf}mlp.down_proj.{kind}", hidden)]
+        yield f"{ours}input_layernorm.weight", [(f"{hf}input_layernorm.weight", hidden)]
+        yield f"{ours}post_attention_layernorm.weight", [(f"{hf}post_attention_layernorm.weight", hidden)]
+        if config.qk_norm:
+            yield f"{ours}self_attn.q_norm.weight", [(f"{hf}self_attn.q_norm.weight", config.head_dim)]
+            yield f"{ours}self_attn.k_norm.weight", [(f"{hf}self_attn.k_norm.weight", config.head_dim)]
+
+
+def _weight_files(model_dir: Path) -> dict[str, Path]:
+    """HF tensor name -> the safetensors file that holds it."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise ValueError(f"{index}: not a valid safetensors index ({exc})") from exc
+        return {name: model_dir / file for name, file in weight_map.items()}
+    single = model_dir / "model.safetensors"
+    if not single.is_file():
+        found = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
+        hint = f" (found {found}: pickle checkpoints are not loaded; convert them to safetensors)" if found else ""
+        raise FileNotFoundError(f"{model_dir}: no model.safetensors or model.safetensors.index.json{hint}")
+    try:
+        with safe_open(single, framework="pt") as f:
+            return {name: single for name in f.keys()}
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{single}: cannot read safetensors header (truncated or corrupt file?): {exc}") from exc
+
+
+def load_weights(model: Model, model_dir: str | Path) -> None:
+    """Copy the checkpoint's tensors into `model`, merging q/k/v and gate/up; checks every shape."""
+    model_dir = Path(model_dir)
+    files = _weight_files(model_dir)
+    params = dict(model.named_parameters())
+    handles: dict[Path, object] = {}
+    try:
+        for name, pieces in hf_sources(model.config):
+            tensors = []
+            for hf_name, rows in pieces:
+                path = files.get(hf_name)
+                if path is None:
+                    raise KeyError(f"{model_dir}: tensor {hf_name!r} is missing from the checkpoint")
+                if path not in handles:
+                    if not path.is_file():
+                        raise FileNotFoundError(f"{path} is missing (named by the safetensors index)")
+                    handles[path] = safe_open(path, framework="pt")
+                try:
+                    tensor = handles[path].get_tensor(hf_name)
+                except (SafetensorError, OSError) as exc:
+                    raise ValueError(f"{path}: cannot read tensor {hf_name!r} (truncated file?): {exc}") from exc
+                expected = (rows,) + tuple(params[name].shape[1:])
+                if tuple(tensor.shape) != expected:
+                    raise ValueError(
+                        f"{path}: tensor {hf_name!r} has shape {tuple(tensor.shape)}, config.json implies {expected}"
+                    )
+                tensors.append(tensor)
+            with torch.no_grad():
+                params[name].copy_(torch.cat(tensors) if len(tensors) > 1 else tensors[0])
+    except SafetensorError as exc:
+        raise ValueError(f"{model_dir}: cannot read safetensors file (truncated or corrupt?): {exc}") from exc
+
+
+def hf_state_dict(model: Model) -> dict[str, torch.Tensor]:
+    """The model's weights under Hugging Face names, merged tensors split back (for checkpoints)."""
+    params = dict(model.named_parameters())
+    out = {}
+    for name, pieces in hf_sources(model.config):
+        parts = params[name].detach().split([rows for _, rows in pieces])
+        out.update({hf_name: part.contiguous() for (hf_name, _), part in zip(pieces, parts)})
+    return out

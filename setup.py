@@ -1,0 +1,26 @@
+from setuptools import setup
+
+setup(
+    name="kojudge",
+    version="0.1.0",
+    description="A judging engine: LLM judges over many candidate answers, fast, and the trainer for them.",
+    python_requires=">=3.10",
+    packages=["kojudge", "kojudge.kernels", "kojudge.train"],
+    package_dir={"kojudge": "engine", "kojudge.kernels": "kernels", "kojudge.train": "train"},
+    install_requires=[
+        "torch>=2.5",
+        "triton>=3.0",
+        "transformers>=4.56",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        "math-verify>=0.7",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6"],
+        "plots": ["matplotlib>=3.8"],
+        "gpu": ["flashinfer-python"],
+    },
+    entry_points={"console_scripts": ["kojudge=kojudge.cli:main"]},
+)

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from kojudge.tiny import make_tiny_model
+
+# (family, tied embeddings, extra config): GQA everywhere (4 query heads over 2 KV heads).
+MODELS = {
+    "qwen2-tied": ("qwen2", True, {}),
+    "qwen2-untied": ("qwen2", False, {}),
+    "qwen3-tied": ("qwen3", True, {"head_dim": 32}),
+    "qwen3-untied": ("qwen3", False, {"head_dim": 16}),
+}
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {name: make_tiny_model(root / name, family, tie_word_embeddings=tied, seed=i, **extra)
+            for i, (name, (family, tied, extra)) in enumerate(MODELS.items())}
+
+
+@pytest.fixture(scope="session")
+def hf_models(model_dirs):
+    from transformers import AutoModelForCausalLM
+
+    return {name: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+            for name, path in model_dirs.items()}
+
+
+@pytest.fixture(scope="session")
+def engines(model_dirs):
+    """One shared engine per model for tests that do not care about engine state."""
+    import kojudge
+
+    return {name: kojudge.Engine(path) for name, path in model_dirs.items()}
+
+
+def hf_greedy(hf_model, prompt_ids, max_new_tokens):
+    """Reference continuation from transformers, one prompt at a time (no padding effects)."""
+    out = hf_model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                            eos_token_id=None, pad_token_id=0, min_new_tokens=max_new_tokens)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def random_prompts(lengths, vocab=500, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]

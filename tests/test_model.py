@@ -1,0 +1,159 @@
+"""Our decoder against Hugging Face transformers on tiny random models (float32, 1e-4)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from conftest import MODELS, random_prompts
+from kojudge.attention import CausalVarlenAttention, KVCache, PagedAttention
+from kojudge.config import load_config
+from kojudge.model import Model
+from kojudge.model_runner import ModelRunner
+from kojudge.sampling import SamplingParams
+from kojudge.sequence import Sequence
+from kojudge.tiny import make_tiny_model
+from kojudge.weights import hf_state_dict, load_weights
+
+LENGTHS = [5, 17, 1, 33, 16]
+
+
+def load(path):
+    model = Model(load_config(path))
+    load_weights(model, path)
+    return model.eval()
+
+
+def hf_logits(hf_model, prompts):
+    with torch.no_grad():
+        return torch.cat([hf_model(torch.tensor([p])).logits[0] for p in prompts])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_packed_varlen_logits_match_transformers(name, model_dirs, hf_models):
+    model = load(model_dirs[name])
+    prompts = random_prompts(LENGTHS)
+    cu = [0]
+    for p in prompts:
+        cu.append(cu[-1] + len(p))
+    with torch.no_grad():
+        hidden = model(torch.tensor(sum(prompts, [])), torch.cat([torch.arange(len(p)) for p in prompts]),
+                       CausalVarlenAttention(cu))
+        ours = model.logits(hidden)
+    torch.testing.assert_close(ours, hf_logits(hf_models[name], prompts), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["qwen2-untied", "qwen3-tied"])
+def test_paged_chunked_logits_match_transformers(name, model_dirs, hf_models):
+    """Prompts fed in uneven chunks through the paged cache, decodes and prefills in one batch."""
+    model = load(model_dirs[name])
+    cfg = model.config
+    cache = KVCache(cfg.num_layers, 64, 4, cfg.num_kv_heads, cfg.head_dim, torch.float32, "cpu")
+    runner = ModelRunner(model, cache, torch.device("cpu"))
+    prompts = random_prompts(LENGTHS, seed=3)
+    seqs = [Sequence(i, None, p, SamplingParams(), None) for i, p in enumerate(prompts)]
+    next_block = iter(range(64))
+    for s in seqs:
+        s.block_table = [next(next_block) for _ in range(-(-len(s.token_ids) // 4))]
+    got = {i: [] for i in range(len(seqs))}
+    chunk_plan = [3, 1, 7]  # tokens per step for sequence i: rotate so prefills and decodes mix
+    step = 0
+    while any(s.num_uncomputed for s in seqs):
+        work = [(s, min(s.num_uncomputed, chunk_plan[(s.request_id + step) % 3])) for s in seqs if s.num_uncomputed]
+        ids, pos, batch = runner.build(work)
+        with torch.no_grad():
+            logits = model.logits(model(ids, pos, PagedAttention(cache, batch)))
+        order = [w for w in work if w[1] == 1] + [w for w in work if w[1] > 1]
+        row = 0
+        for s, n in order:
+            got[s.request_id].append(logits[row: row + n])
+            s.num_computed += n
+            row += n
+        step += 1
+    ours = torch.cat([torch.cat(got[i]) for i in range(len(seqs))])
+    torch.testing.assert_close(ours, hf_logits(hf_models[name], prompts), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 2.0},
+                                  {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+                                  {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}])
+def test_llama_with_rope_scaling_matches_transformers(rope, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    path = make_tiny_model(tmp_path / "llama", "llama", tie_word_embeddings=False,
+                           rope_parameters={"rope_theta": 10000.0, **rope})
+    prompts = random_prompts([40, 90], seed=5)
+    model = load(path)
+    with torch.no_grad():
+        ours = torch.cat([model.logits(model(torch.tensor(p), torch.arange(len(p)), CausalVarlenAttention([0, len(p)])))
+                          for p in prompts])
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    torch.testing.assert_close(ours, hf_logits(hf, prompts), atol=1e-4, rtol=0)
+
+
+def test_sharded_checkpoint_loads_identically(tmp_path, model_dirs):
+    sharded = make_tiny_model(tmp_path / "sharded", "qwen2", tie_word_embeddings=False, seed=1,
+                              max_shard_size="20KB")
+    assert (sharded / "model.safetensors.index.json").exists()
+    ours, ref = hf_state_dict(load(sharded)), hf_state_dict(load(model_dirs["qwen2-untied"]))
+    assert ours.keys() == ref.keys()
+    for key in ref:
+        torch.testing.assert_close(ours[key], ref[key], atol=0, rtol=0)
+
+
+def test_hf_state_dict_round_trips_the_checkpoint(model_dirs):
+    from safetensors.torch import load_file
+
+    path = model_dirs["qwen3-untied"]
+    original = load_file(path / "model.safetensors")
+    exported = hf_state_dict(load(path))
+    assert exported.keys() == original.keys()
+    for key, tensor in original.items():
+        assert torch.equal(exported[key], tensor), key
+
+
+# ---- clear errors ---------------------------------------------------------------------------------
+
+def copy_model(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_unknown_model_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        load_config(tmp_path / "nope")
+
+
+def test_unsupported_architecture_names_the_field(tmp_path, model_dirs):
+    path = copy_model(model_dirs["qwen2-tied"], tmp_path / "m")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="architectures.*GPT2LMHeadModel"):
+        load_config(path)
+
+
+def test_truncated_safetensors_is_a_clear_error(tmp_path, model_dirs):
+    path = copy_model(model_dirs["qwen2-tied"], tmp_path / "m")
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load(path)
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path, model_dirs):
+    path = copy_model(model_dirs["qwen2-tied"], tmp_path / "m")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["intermediate_size"] = 96
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="gate_proj.weight.*shape"):
+        load(path)
+
+
+def test_missing_weights_and_pickle_files_are_refused(tmp_path, model_dirs):
+    path = copy_model(model_dirs["qwen2-tied"], tmp_path / "m")
+    (path / "model.safetensors").unlink()
+    (path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(FileNotFoundError, match="pickle checkpoints are not loaded"):
+        load(path)
