@@ -29,33 +29,33 @@ class ModelRunner:
             positions.extend(range(seq.num_computed, seq.num_computed + n))
         tables = [torch.tensor(s.block_table, device=self.device) for s, _ in decodes + prefills]
         slot_mapping = []
-        decode_slots = decode_mask = None
+        decode_blocks = decode_mask = None
         if decodes:
             context = torch.tensor([s.num_computed + 1 for s, _ in decodes], device=self.device)
-            max_context = int(context.max())
-            width = -(-max_context // self.block_size)
-            padded = torch.zeros(len(decodes), width, dtype=torch.long, device=self.device)
+            width = -(-int(context.max()) // self.block_size)
+            decode_blocks = torch.zeros(len(decodes), width, dtype=torch.long, device=self.device)
             for row, table in enumerate(tables[: len(decodes)]):
                 table = table[:width]
-                padded[row, : len(table)] = table
-            decode_slots = (padded[:, :, None] * self.block_size + self._offsets).flatten(1)[:, :max_context]
-            slot_mapping.append(decode_slots.gather(1, (context - 1)[:, None]).squeeze(1))
-            if bool((context != max_context).any()):
-                valid = torch.arange(max_context, device=self.device)[None, :] < context[:, None]
-                decode_mask = valid[:, None, None, :]
+                decode_blocks[row, : len(table)] = table
+            last = context - 1
+            slot_mapping.append(decode_blocks.gather(1, (last // self.block_size)[:, None]).squeeze(1)
+                                * self.block_size + last % self.block_size)
+            if bool((context != width * self.block_size).any()):
+                valid = torch.arange(width * self.block_size, device=self.device)[None, :] < context[:, None]
+                decode_mask = valid[:, None, :]
         spans = []
         start = len(decodes)
         for (seq, n), table in zip(prefills, tables[len(decodes):]):
             context_len = seq.num_computed + n
-            context_slots = self._slots(table, 0, context_len)
-            slot_mapping.append(context_slots[seq.num_computed:])
+            blocks = table[: -(-context_len // self.block_size)]
+            slot_mapping.append(self._slots(blocks, seq.num_computed, context_len))
             mask = None
             if seq.num_computed:
                 rows = torch.arange(n, device=self.device)[:, None] + seq.num_computed
                 mask = torch.arange(context_len, device=self.device)[None, :] <= rows
-            spans.append(PrefillSpan(start, start + n, context_slots, mask))
+            spans.append(PrefillSpan(start, start + n, blocks, context_len, mask))
             start += n
-        batch = PagedBatch(torch.cat(slot_mapping), len(decodes), decode_slots, decode_mask, spans)
+        batch = PagedBatch(torch.cat(slot_mapping), len(decodes), decode_blocks, decode_mask, spans)
         return (torch.tensor(ids, device=self.device), torch.tensor(positions, device=self.device), batch)
 
     @torch.inference_mode()
