@@ -4,5 +4,7 @@ from kojudge.engine import Engine
 from kojudge.model import Model
 from kojudge.sampling import SamplingParams
 from kojudge.sequence import RequestOutput
+from kojudge.tournament import TournamentResult, Verdict, knockout, round_robin, swiss
 
-__all__ = ["Engine", "Model", "ModelConfig", "RequestOutput", "SamplingParams", "load_config"]
+__all__ = ["Engine", "Model", "ModelConfig", "RequestOutput", "SamplingParams", "TournamentResult", "Verdict",
+           "knockout", "load_config", "round_robin", "swiss"]

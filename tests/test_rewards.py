@@ -1,0 +1,71 @@
+"""Rewards, advantages and the shared pointwise parser, pinned on hand-computed cases."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kojudge.judgment_format import parse_pairwise_choice, parse_pointwise
+from kojudge.train.grpo import group_advantages
+from kojudge.train.rewards import format_reward, par_rewards
+
+FRAGMENTS = [f"<{c}{t}>" for t in ("think", "generate_rubrics", "eval", "answer") for c in ("", "/")] + [
+    "<answer>A</answer>", "<answer> b </answer>", "7", "10.0", "-3", "nan", "1e9", ".5", "\n"]
+GOOD = "<think>sum ok</think>\n<generate_rubrics>1. steps</generate_rubrics><eval>fine</eval><answer>{}</answer>"
+
+
+def test_par_graded_hand_computed():
+    chosen, rejected = par_rewards([8, 6, 3], [5, 7, 2])
+    # mean(rejected) = 14/3: 8 is 3.33 above (1.4), 6 is 1.33 above (1.2), 3 is below (0).
+    assert chosen == [1.4, 1.2, 0.0]
+    # mean(chosen) = 17/3: 5 is 0.67 below (1.2), 7 above (0), 2 is 3.67 below (1.4).
+    assert rejected == [1.2, 0.0, 1.4]
+
+
+def test_par_constant_and_boundaries():
+    assert par_rewards([8, 6, 3], [5, 7, 2], f="constant") == ([1.3, 1.3, 0.0], [1.3, 0.0, 1.3])
+    assert par_rewards([6], [4]) == ([1.2], [1.2])  # a gap of exactly 2 is the lower grade
+    assert par_rewards([6.01], [4]) == ([1.4], [1.4])
+    with pytest.raises(ValueError, match="f must be one of"):
+        par_rewards([1], [2], f="linear")
+
+
+def test_par_ties_and_all_equal():
+    assert par_rewards([5, 5], [5, 5]) == ([0.0, 0.0], [0.0, 0.0])
+    assert par_rewards([5, 7], [6, 6]) == ([0.0, 1.2], [0.0, 0.0])  # mean(chosen)=6: rejected 6 is not below
+
+
+def test_par_invalid_scores():
+    assert par_rewards([None, 9], [3, None]) == ([0.0, 1.4], [1.4, 0.0])
+    assert par_rewards([7, 8], [None, None]) == ([0.0, 0.0], [0.0, 0.0])
+
+
+def test_format_reward_cases():
+    assert format_reward(GOOD.format("7.5")) == 0.0 and parse_pointwise(GOOD.format(" 7.5 ")).score == 7.5
+    assert format_reward(GOOD.format("10")) == 0.0
+    assert format_reward(GOOD.format("eleven")) == -1.0
+    assert format_reward(GOOD.format("10.5")) == -1.0
+    assert format_reward(GOOD.format("")) == -1.0
+    assert format_reward(GOOD.replace("<eval>fine</eval>", "")) == -1.5  # missing tag
+    assert format_reward("<answer>5</answer>" + GOOD.split("<answer>")[0]) == -1.5  # out of order
+    assert format_reward(GOOD.format("5") + "<think>again</think>") == -1.5  # repeated
+    assert format_reward("<generate_rubrics>r</generate_rubrics><think>t</think><eval>e</eval><answer>5</answer>") == -1.5
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=4), max_size=30).map("".join))
+def test_parsers_never_crash(text):
+    parsed = parse_pointwise(text)
+    assert parsed.format_reward in (0.0, -1.0, -1.5)
+    assert (parsed.score is None) == (parsed.format_reward != 0.0)
+    assert parse_pairwise_choice(text) in (None, "A", "B")
+
+
+def test_group_advantages_hand_computed():
+    adv = group_advantages([1, 2, 3, 5, 2, 2], ["a", "a", "a", "b", "c", "c"])
+    expected = torch.tensor([-1 / (1 + 1e-6), 0, 1 / (1 + 1e-6), 0, 0, 0])
+    torch.testing.assert_close(adv, expected)
+    # unbiased std: [0, 4] has std 2.828
+    torch.testing.assert_close(group_advantages([0.0, 4.0], [7, 7]), torch.tensor([-2 / (8**0.5 + 1e-6),
+                                                                                    2 / (8**0.5 + 1e-6)]))
+    with pytest.raises(ValueError, match="group ids"):
+        group_advantages([1.0], [0, 1])
