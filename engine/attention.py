@@ -5,7 +5,7 @@ cache state. Torch implementations; the Triton kernels plug in at the same place
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +39,24 @@ class KVCache:
 
 @dataclass
 class PrefillSpan:
-    """New tokens [start, end) of one sequence, attending to its cached context plus themselves."""
+    """New tokens [start, end) of one sequence. They attend to keys at positions [key_start, C)
+    read from `blocks` (C includes the span), plus, when key_start > 0, a shared prefix."""
 
     start: int
     end: int
-    context_blocks: torch.Tensor  # [ceil(C / block_size)] blocks holding positions 0..C-1 (C includes the span)
+    blocks: torch.Tensor  # blocks holding positions key_start .. C-1
+    key_start: int  # multiple of block_size; > 0 only when a SharedPrefix covers the positions before
     context_len: int
-    mask: torch.Tensor | None  # [L, C] bool, None when the span is the whole context (plain causal)
+    mask: torch.Tensor | None  # [L, C - key_start] bool; None when the span is the whole context (plain causal)
+
+
+@dataclass
+class SharedPrefix:
+    """Blocks that several sequences' contexts begin with, attended once for all their queries
+    (cascade attention); each member's own suffix is attended separately and the two merged by LSE."""
+
+    blocks: torch.Tensor
+    token_rows: torch.Tensor  # rows of the packed batch whose queries see this prefix
 
 
 @dataclass
@@ -54,9 +65,44 @@ class PagedBatch:
 
     slot_mapping: torch.Tensor  # [T] slot written for each new token
     num_decodes: int
-    decode_blocks: torch.Tensor | None  # [B, nb] block table of each decoding sequence (padded)
+    decode_blocks: torch.Tensor | None  # [B, nb] blocks of each decoding sequence past its shared prefix (padded)
     decode_mask: torch.Tensor | None  # [B, 1, nb * block_size] bool: False past a sequence's context
     prefills: list[PrefillSpan]
+    shared: list[SharedPrefix] = field(default_factory=list)
+
+
+def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q [..., M, d] to k/v [..., S, d] -> (out [..., M, d], log-sum-exp [..., M] float32).
+
+    The LSE lets partial results over disjoint key sets be merged exactly (merge_states).
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype)
+    return torch.matmul(probs, v), lse
+
+
+def merge_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine attention over key sets A and B into attention over A + B. out [..., d], lse [...]."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    merged = out_a.float() * torch.exp(lse_a - lse).unsqueeze(-1) + out_b.float() * torch.exp(lse_b - lse).unsqueeze(-1)
+    return merged.to(out_a.dtype), lse
+
+
+def _grouped(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """[M, heads, d] -> [kv_heads, M, group, d]: the query heads of one KV head side by side."""
+    m, heads, d = q.shape
+    return q.view(m, kv_heads, heads // kv_heads, d).transpose(0, 1)
+
+
+def _ungrouped(x: torch.Tensor) -> torch.Tensor:
+    """[kv_heads, M, group, ...] -> [M, heads, ...]."""
+    x = x.transpose(0, 1)
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
 
 
 class PagedAttention:
@@ -67,35 +113,45 @@ class PagedAttention:
         b = self.batch
         self.cache.k[layer].index_copy_(1, b.slot_mapping, k.transpose(0, 1))
         self.cache.v[layer].index_copy_(1, b.slot_mapping, v.transpose(0, 1))
-        k_blocks, v_blocks = self.cache.blocks(layer)
-        outputs = []
+        k_blocks, v_blocks = self.cache.blocks(layer)  # [kv_heads, num_blocks, block_size, d]
+        kv_heads = k_blocks.shape[0]
+        outputs, lses = [], []
         if b.num_decodes:
-            outputs.append(decode_attention(q[: b.num_decodes], k_blocks[:, b.decode_blocks], v_blocks[:, b.decode_blocks],
-                                            b.decode_mask))
+            # One query per sequence: batched matmuls beat SDPA on CPU here, and GQA needs no repeats.
+            out, lse = partial_attention(_grouped(q[: b.num_decodes], kv_heads),
+                                         k_blocks[:, b.decode_blocks].flatten(2, 3),
+                                         v_blocks[:, b.decode_blocks].flatten(2, 3), b.decode_mask)
+            outputs.append(_ungrouped(out))
+            lses.append(_ungrouped(lse))
         for span in b.prefills:
-            kp = k_blocks[:, span.context_blocks].flatten(1, 2)[:, : span.context_len]  # [kv_heads, C, d]
-            vp = v_blocks[:, span.context_blocks].flatten(1, 2)[:, : span.context_len]
-            op = F.scaled_dot_product_attention(q[span.start: span.end].transpose(0, 1), kp, vp,
-                                                attn_mask=span.mask, is_causal=span.mask is None, enable_gqa=True)
-            outputs.append(op.transpose(0, 1))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-
-
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """One query per sequence. q [B, heads, d]; k/v [kv_heads, B, nb, block_size, d]; mask [B, 1, S].
-
-    Two batched matmuls with the query heads of each KV head stacked together: on CPU several times
-    faster than SDPA for single-token queries, and GQA needs no repeated keys.
-    """
-    batch, heads, d = q.shape
-    kv_heads = k.shape[0]
-    k, v = k.flatten(2, 3), v.flatten(2, 3)  # [kv_heads, B, S, d]
-    q = q.view(batch, kv_heads, heads // kv_heads, d).transpose(0, 1)  # [kv_heads, B, group, d]
-    scores = torch.matmul(q, k.transpose(-1, -2)) * d**-0.5  # [kv_heads, B, group, S]
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    probs = scores.float().softmax(dim=-1).to(v.dtype)
-    return torch.matmul(probs, v).transpose(0, 1).reshape(batch, heads, d)
+            qs = q[span.start: span.end]
+            ks = k_blocks[:, span.blocks].flatten(1, 2)[:, : span.context_len - span.key_start]  # [kv_heads, S, d]
+            vs = v_blocks[:, span.blocks].flatten(1, 2)[:, : span.context_len - span.key_start]
+            if span.key_start == 0:
+                out = F.scaled_dot_product_attention(qs.transpose(0, 1), ks, vs, attn_mask=span.mask,
+                                                     is_causal=span.mask is None, enable_gqa=True)
+                outputs.append(out.transpose(0, 1))
+                lses.append(None)
+            else:
+                # All L x group queries of a KV head in one matmul; mask rows repeated per group member.
+                grouped = _grouped(qs, kv_heads)
+                group = grouped.shape[2]
+                out, lse = partial_attention(grouped.flatten(1, 2), ks, vs, span.mask.repeat_interleave(group, dim=0))
+                outputs.append(_ungrouped(out.view(grouped.shape)))
+                lses.append(_ungrouped(lse.view(grouped.shape[:-1])))
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        if b.shared:
+            lse = torch.cat([x if x is not None else torch.zeros(o.shape[:2], device=o.device)
+                             for x, o in zip(lses, outputs)])
+            for prefix in b.shared:
+                rows = prefix.token_rows
+                kp = k_blocks[:, prefix.blocks].flatten(1, 2)  # [kv_heads, P, d], read once for all rows
+                vp = v_blocks[:, prefix.blocks].flatten(1, 2)
+                q_rows = _grouped(q[rows], kv_heads)  # [kv_heads, M, group, d]
+                out_p, lse_p = partial_attention(q_rows.flatten(1, 2), kp, vp, None)
+                out_p, lse_p = out_p.view(q_rows.shape), lse_p.view(q_rows.shape[:-1])
+                out[rows], _ = merge_states(out[rows], lse[rows], _ungrouped(out_p), _ungrouped(lse_p))
+        return out
 
 
 class CausalVarlenAttention:

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from kojudge.attention import KVCache, PagedAttention, PagedBatch, PrefillSpan
+from kojudge.attention import KVCache, PagedAttention, PagedBatch, PrefillSpan, SharedPrefix
 from kojudge.model import Model
 from kojudge.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: Model, cache: KVCache, device: torch.device):
-        self.model, self.cache, self.device = model, cache, device
+    def __init__(self, model: Model, cache: KVCache, device: torch.device, cascade: bool = True):
+        self.model, self.cache, self.device, self.cascade = model, cache, device, cascade
         self.block_size = cache.block_size
         self._offsets = torch.arange(self.block_size, device=device)
 
@@ -18,45 +18,79 @@ class ModelRunner:
         """Slots of positions [start, end) of a sequence with this block table."""
         return (block_table[:, None] * self.block_size + self._offsets).flatten()[start:end]
 
+    @staticmethod
+    def shared_prefixes(tables: list[list[int]], usable: list[int]) -> list[tuple[list[int], int]]:
+        """Groups of >= 2 sequences whose block tables start with the same physical blocks:
+        (member indices, number of shared blocks), counting only blocks each member has fully computed."""
+        by_first: dict[int, list[int]] = {}
+        for i, (table, n) in enumerate(zip(tables, usable)):
+            if n:
+                by_first.setdefault(table[0], []).append(i)
+        groups = []
+        for members in by_first.values():
+            if len(members) < 2:
+                continue
+            first = tables[members[0]]
+            common = min(usable[m] for m in members)
+            for m in members[1:]:
+                table, k = tables[m], 1
+                while k < common and table[k] == first[k]:
+                    k += 1
+                common = k
+            groups.append((members, common))
+        return groups
+
     def build(self, work: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
         """Pack the step's new tokens (single-token decodes first) and describe their attention."""
-        decodes = [(s, n) for s, n in work if n == 1]
-        prefills = [(s, n) for s, n in work if n > 1]
+        bs, device = self.block_size, self.device
+        ordered = [w for w in work if w[1] == 1] + [w for w in work if w[1] > 1]
+        num_decodes = sum(1 for _, n in work if n == 1)
         ids: list[int] = []
         positions: list[int] = []
-        for seq, n in decodes + prefills:
+        for seq, n in ordered:
             ids.extend(seq.token_ids[seq.num_computed: seq.num_computed + n])
             positions.extend(range(seq.num_computed, seq.num_computed + n))
-        tables = [torch.tensor(s.block_table, device=self.device) for s, _ in decodes + prefills]
+        key_start = [0] * len(ordered)
+        groups = []
+        if self.cascade:
+            groups = self.shared_prefixes([s.block_table for s, _ in ordered], [s.num_computed // bs for s, _ in ordered])
+            for members, common in groups:
+                for m in members:
+                    key_start[m] = common * bs
         slot_mapping = []
         decode_blocks = decode_mask = None
-        if decodes:
-            context = torch.tensor([s.num_computed + 1 for s, _ in decodes], device=self.device)
-            width = -(-int(context.max()) // self.block_size)
-            decode_blocks = torch.zeros(len(decodes), width, dtype=torch.long, device=self.device)
-            for row, table in enumerate(tables[: len(decodes)]):
-                table = table[:width]
-                decode_blocks[row, : len(table)] = table
-            last = context - 1
-            slot_mapping.append(decode_blocks.gather(1, (last // self.block_size)[:, None]).squeeze(1)
-                                * self.block_size + last % self.block_size)
-            if bool((context != width * self.block_size).any()):
-                valid = torch.arange(width * self.block_size, device=self.device)[None, :] < context[:, None]
-                decode_mask = valid[:, None, :]
-        spans = []
-        start = len(decodes)
-        for (seq, n), table in zip(prefills, tables[len(decodes):]):
-            context_len = seq.num_computed + n
-            blocks = table[: -(-context_len // self.block_size)]
-            slot_mapping.append(self._slots(blocks, seq.num_computed, context_len))
+        if num_decodes:
+            decodes = ordered[:num_decodes]
+            context = [s.num_computed + 1 for s, _ in decodes]
+            own = [s.block_table[ks // bs: -(-c // bs)] for (s, _), ks, c in zip(decodes, key_start, context)]
+            width = max(map(len, own))
+            decode_blocks = torch.tensor([blocks + [0] * (width - len(blocks)) for blocks in own], device=device)
+            slot_mapping.append(torch.tensor([s.block_table[(c - 1) // bs] * bs + (c - 1) % bs
+                                              for (s, _), c in zip(decodes, context)], device=device))
+            keys = torch.tensor([c - ks for c, ks in zip(context, key_start)], device=device)
+            if bool((keys != width * bs).any()):
+                decode_mask = (torch.arange(width * bs, device=device)[None, :] < keys[:, None])[:, None, :]
+        spans, token_start = [], num_decodes
+        for i in range(num_decodes, len(ordered)):
+            seq, n = ordered[i]
+            context_len, ks = seq.num_computed + n, key_start[i]
+            blocks = torch.tensor(seq.block_table[ks // bs: -(-context_len // bs)], device=device)
+            slot_mapping.append(self._slots(blocks, seq.num_computed - ks, context_len - ks))
             mask = None
             if seq.num_computed:
-                rows = torch.arange(n, device=self.device)[:, None] + seq.num_computed
-                mask = torch.arange(context_len, device=self.device)[None, :] <= rows
-            spans.append(PrefillSpan(start, start + n, blocks, context_len, mask))
-            start += n
-        batch = PagedBatch(torch.cat(slot_mapping), len(decodes), decode_blocks, decode_mask, spans)
-        return (torch.tensor(ids, device=self.device), torch.tensor(positions, device=self.device), batch)
+                rows = torch.arange(n, device=device)[:, None] + seq.num_computed
+                mask = torch.arange(ks, context_len, device=device)[None, :] <= rows
+            spans.append(PrefillSpan(token_start, token_start + n, blocks, ks, context_len, mask))
+            token_start += n
+        shared = []
+        for members, common in groups:
+            rows = [torch.tensor([m], device=device) if m < num_decodes else
+                    torch.arange(spans[m - num_decodes].start, spans[m - num_decodes].end, device=device)
+                    for m in members]
+            shared.append(SharedPrefix(torch.tensor(ordered[members[0]][0].block_table[:common], device=device),
+                                       torch.cat(rows)))
+        batch = PagedBatch(torch.cat(slot_mapping), num_decodes, decode_blocks, decode_mask, spans, shared)
+        return torch.tensor(ids, device=device), torch.tensor(positions, device=device), batch
 
     @torch.inference_mode()
     def run(self, work: list[tuple[Sequence, int]], sample_rows: list[int]) -> torch.Tensor:

@@ -8,13 +8,14 @@ prompt has the longest cached prefix.
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 
-from kojudge.block_manager import BlockPool
+from kojudge.block_manager import ROOT, BlockPool
 from kojudge.sequence import Sequence, Status
 
 
 class Scheduler:
-    LOOKAHEAD = 64  # waiting sequences examined for cached prefixes per admission
+    LOOKAHEAD = 128  # waiting sequences examined for cached prefixes per step
     def __init__(self, pool: BlockPool, max_num_seqs: int, max_num_batched_tokens: int):
         self.pool = pool
         self.max_num_seqs = max_num_seqs
@@ -45,23 +46,12 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
-    def _pick_waiting(self) -> tuple[Sequence, list[int]]:
-        """The next waiting sequence to admit, with its cached prefix blocks.
-
-        A preempted sequence (at the front) goes first so it cannot starve; otherwise the one with the
-        longest cached prefix among the first LOOKAHEAD (FIFO among equals), so siblings of a prefilled
-        prompt run together while their shared blocks are hot.
-        """
-        best, best_hits = None, []
-        for n, seq in enumerate(self.waiting):
-            if n == self.LOOKAHEAD:
-                break
-            hits = self.pool.match_prefix(seq.token_ids, seq.num_tokens - 1)  # always compute >= 1 token
-            if best is None or len(hits) > len(best_hits):
-                best, best_hits = seq, hits
-            if seq.num_tokens > seq.num_prompt_tokens:  # a preempted sequence
-                break
-        return best, best_hits
+    def _next_block_key(self, seq: Sequence, hits: list[int]) -> tuple | None:
+        """Prefix-cache key of the first block this sequence would compute, if that block is full."""
+        bs, first = self.pool.block_size, len(hits) * self.pool.block_size
+        if first + bs > seq.num_tokens:
+            return None
+        return (self.pool.node[hits[-1]] if hits else ROOT, tuple(seq.token_ids[first: first + bs]))
 
     def schedule(self) -> list[tuple[Sequence, int]]:
         """Choose this step's work: (sequence, number of new tokens to compute)."""
@@ -83,20 +73,39 @@ class Scheduler:
                 scheduled.append((seq, num_new))
                 budget -= num_new
                 i += 1
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
-            seq, hits = self._pick_waiting()
+        if preempted or not self.waiting:
+            return scheduled
+        # Admission, cache-aware: a preempted sequence (at the front) first so it cannot starve; then the
+        # longest cached prefix first (FIFO among equals); a sequence whose next block is being computed
+        # by one admitted this step waits a step and then finds that block in the cache.
+        candidates = list(islice(self.waiting, self.LOOKAHEAD))
+        if candidates[0].num_tokens > candidates[0].num_prompt_tokens:
+            candidates = candidates[:1]
+        hits_of = {id(c): self.pool.match_prefix(c.token_ids, c.num_tokens - 1) for c in candidates}
+        being_computed: set[tuple] = set()
+        while candidates and budget > 0 and len(self.running) < self.max_num_seqs:
+            ready = [c for c in candidates
+                     if (key := self._next_block_key(c, hits_of[id(c)])) is None or key not in being_computed]
+            if not ready:
+                break
+            seq = max(ready, key=lambda c: len(hits_of[id(c)]))  # first of the longest
+            hits = self.pool.match_prefix(seq.token_ids, seq.num_tokens - 1)  # evictions may have changed it
             num_cached = len(hits) * self.pool.block_size
             num_new = min(seq.num_tokens - num_cached, budget)
             hits_in_free_list = sum(1 for b in hits if self.pool.ref_count[b] == 0)
             blocks_after = -(-(num_cached + num_new) // self.pool.block_size) - len(hits)
             if blocks_after + hits_in_free_list > self.pool.num_free:
                 break
+            candidates.remove(seq)
             self.waiting.remove(seq)
+            key = self._next_block_key(seq, hits)
+            if key is not None:
+                being_computed.add(key)
             self.pool.claim(hits)
             seq.block_table = list(hits)
             seq.num_computed = num_cached
             seq.num_registered_blocks = len(hits)
-            seq.prefix_node = self.pool.node[hits[-1]] if hits else 0
+            seq.prefix_node = self.pool.node[hits[-1]] if hits else ROOT
             cached_prompt = min(num_cached, seq.num_prompt_tokens)
             if seq.cached_tokens is None:
                 seq.cached_tokens = cached_prompt

@@ -1,0 +1,160 @@
+"""Prefix cache, cache-aware scheduling and cascade attention."""
+import pytest
+import torch
+
+import kojudge
+from conftest import hf_greedy, random_prompts
+from kojudge import SamplingParams
+from kojudge.attention import KVCache, PagedAttention, merge_states, partial_attention
+from kojudge.block_manager import BlockPool
+from kojudge.model_runner import ModelRunner
+from kojudge.sequence import Sequence
+
+
+def tournament_prompts(num_questions=2, matches=3, template=40, question=9, seed=0):
+    """Prompts shaped like knockout matches: shared template, per-question text, two candidates."""
+    head = random_prompts([template], seed=seed)[0]
+    prompts = []
+    for q in range(num_questions):
+        body = random_prompts([question], seed=seed + 100 + q)[0]
+        for m in range(matches):
+            a, b = random_prompts([7 + 3 * m, 12 + m], seed=seed + 1000 + 10 * q + m)
+            prompts.append(head + body + a + b)
+    return prompts
+
+
+# ---- block pool -------------------------------------------------------------------------------------
+
+def test_block_pool_matches_full_blocks_and_evicts_lru():
+    pool = BlockPool(num_blocks=4, block_size=2)
+    a = [pool.allocate() for _ in range(2)]
+    node = pool.register(a[0], 0, [1, 2])
+    pool.register(a[1], node, [3, 4])
+    assert pool.match_prefix([1, 2, 3, 4, 5], 5) == a
+    assert pool.match_prefix([1, 2, 3, 9], 4) == a[:1]
+    assert pool.match_prefix([1, 2, 3, 4], 3) == a[:1]  # limited to whole blocks within max_tokens
+    pool.release(a)  # cached, unreferenced: evictable, tail first
+    assert pool.num_free == 4
+    fresh = [pool.allocate() for _ in range(3)]  # two never-used blocks, then the LRU cached one: the tail
+    assert a[1] in fresh and a[0] not in fresh
+    assert pool.match_prefix([1, 2, 3, 4], 4) == a[:1]
+
+
+def test_block_pool_never_evicts_referenced_blocks():
+    pool = BlockPool(num_blocks=3, block_size=2)
+    held = pool.allocate()
+    pool.register(held, 0, [7, 7])
+    others = [pool.allocate() for _ in range(2)]
+    assert held not in others and pool.num_free == 0
+    with pytest.raises(KeyError):
+        pool.allocate()
+    assert pool.match_prefix([7, 7, 1], 3) == [held]
+
+
+def test_identical_blocks_registered_twice_keep_one_entry():
+    pool = BlockPool(num_blocks=4, block_size=2)
+    x, y = pool.allocate(), pool.allocate()
+    assert pool.register(x, 0, [1, 2]) == pool.register(y, 0, [1, 2])
+    assert pool.match_prefix([1, 2, 3], 3) == [x]
+
+
+# ---- cascade attention --------------------------------------------------------------------------------
+
+def test_merge_states_equals_attention_over_the_union():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 5, 8), torch.randn(2, 13, 8), torch.randn(2, 13, 8)
+    whole, lse = partial_attention(q, k, v, None)
+    a, lse_a = partial_attention(q, k[:, :6], v[:, :6], None)
+    b, lse_b = partial_attention(q, k[:, 6:], v[:, 6:], None)
+    merged, merged_lse = merge_states(a, lse_a, b, lse_b)
+    torch.testing.assert_close(merged, whole, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(merged_lse, lse, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("block_size", [4, 5])
+def test_cascade_attention_equals_plain_attention(block_size):
+    """Decodes and prefill chunks whose block tables share prefixes: cascade on == cascade off."""
+    torch.manual_seed(1)
+    kv_heads, heads, d = 2, 6, 8
+    cache = KVCache(1, 40, block_size, kv_heads, d, torch.float32, "cpu")
+    cache.k.normal_()
+    cache.v.normal_()
+    shared = [0, 1, 2]  # three full blocks every sequence starts with
+    seqs = []
+    for i, (computed, new) in enumerate([(19, 1), (23, 1), (17, 1), (16, 6), (21, 3), (9, 1)]):
+        seq = Sequence(i, None, [0] * (computed + new), SamplingParams(), None)
+        seq.num_computed = computed
+        own = list(range(10 + 5 * i, 10 + 5 * i + 5))
+        seq.block_table = (shared if i != 5 else []) + own  # the last one shares nothing
+        seqs.append(seq)
+    work = [(s, s.num_tokens - s.num_computed) for s in seqs]
+    total = sum(n for _, n in work)
+    q, k, v = torch.randn(total, heads, d), torch.randn(total, kv_heads, d), torch.randn(total, kv_heads, d)
+    outs = []
+    for cascade in (False, True):
+        runner = ModelRunner(None, cache, torch.device("cpu"), cascade=cascade)
+        _, _, batch = runner.build(work)
+        assert bool(batch.shared) == cascade
+        outs.append(PagedAttention(cache, batch)(0, q, k, v))
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_groups_stop_at_the_first_difference():
+    tables = [[1, 2, 3, 9], [1, 2, 4, 8], [1, 2, 3, 7], [5, 6], [1, 2]]
+    groups = ModelRunner.shared_prefixes(tables, [3, 3, 3, 1, 1])
+    assert groups == [([0, 1, 2, 4], 1)]  # the last member has only one computed block
+
+
+# ---- the engine with cache and cascade --------------------------------------------------------------
+
+def test_tournament_prompts_cached_and_cascaded_match_transformers(model_dirs, hf_models):
+    prompts = tournament_prompts()
+    hf = hf_models["qwen3-untied"]
+    engines = {
+        "plain": kojudge.Engine(model_dirs["qwen3-untied"], block_size=4, enable_prefix_caching=False,
+                                enable_cascade=False),
+        "cached": kojudge.Engine(model_dirs["qwen3-untied"], block_size=4),
+    }
+    params = SamplingParams(max_tokens=32, ignore_eos=True)
+    outs = {name: e.generate(prompts, params) for name, e in engines.items()}
+    for i, prompt in enumerate(prompts):
+        expected = hf_greedy(hf, prompt, 32)
+        assert outs["plain"][i].token_ids == expected
+        assert outs["cached"][i].token_ids == expected
+    stats = engines["cached"].stats()
+    # Unique prompt tokens: template + 2 questions + every candidate pair; cache-aware admission
+    # computes little more than that (the partial block at each boundary).
+    unique = 40 + 2 * 9 + sum(len(p) - 49 for p in prompts)
+    assert unique <= stats["computed_prompt_tokens"] <= unique + 4 * len(prompts) + 8
+    assert stats["cached_prompt_tokens"] == stats["prompt_tokens"] - stats["computed_prompt_tokens"]
+    assert engines["plain"].stats()["computed_prompt_tokens"] == sum(map(len, prompts))
+
+
+def test_eviction_under_pressure_keeps_results_correct(model_dirs, hf_models):
+    engine = kojudge.Engine(model_dirs["qwen2-untied"], block_size=4, kv_cache_blocks=30)
+    hf = hf_models["qwen2-untied"]
+    prompts = tournament_prompts(num_questions=3, matches=2, template=24, question=5, seed=7)
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    for _ in range(2):  # the second pass hits what survived eviction
+        outs = engine.generate(prompts, params)
+        for prompt, out in zip(prompts, outs):
+            assert out.token_ids == hf_greedy(hf, prompt, 20)
+    assert engine.stats()["preemptions"] > 0
+
+
+def test_prefix_of_a_running_request_serves_a_later_one(model_dirs, hf_models):
+    engine = kojudge.Engine(model_dirs["qwen2-tied"], block_size=4, kv_cache_blocks=40)
+    hf = hf_models["qwen2-tied"]
+    shared = random_prompts([32], seed=8)[0]
+    first = engine.submit(shared + [5, 6, 7], SamplingParams(max_tokens=30, ignore_eos=True))
+    engine.step()
+    engine.step()  # the first request is decoding and holds the shared blocks
+    pressure = [engine.submit(p, SamplingParams(max_tokens=8, ignore_eos=True)) for p in random_prompts([30, 30], seed=9)]
+    late = engine.submit(shared + [9, 9], SamplingParams(max_tokens=10, ignore_eos=True))
+    done = {}
+    while len(done) < 4:
+        done.update({o.request_id: o for o in engine.step()})
+    assert done[late].cached_tokens == 32
+    assert done[late].token_ids == hf_greedy(hf, shared + [9, 9], 10)
+    assert done[first].token_ids == hf_greedy(hf, shared + [5, 6, 7], 30)
+    assert all(done[r].finish_reason == "length" for r in pressure)
