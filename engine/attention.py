@@ -56,7 +56,7 @@ class SharedPrefix:
     (cascade attention); each member's own suffix is attended separately and the two merged by LSE."""
 
     blocks: torch.Tensor
-    token_rows: torch.Tensor  # rows of the packed batch whose queries see this prefix
+    token_rows: torch.Tensor | slice  # rows of the packed batch whose queries see this prefix
 
 
 @dataclass
@@ -77,12 +77,15 @@ def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 
     The LSE lets partial results over disjoint key sets be merged exactly (merge_states).
     """
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(q.shape[-1] ** -0.5)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype)
-    return torch.matmul(probs, v), lse
+        scores.masked_fill_(~mask, float("-inf"))
+    peak = scores.amax(dim=-1, keepdim=True)  # every row attends to at least one key
+    weights = scores.sub_(peak).exp_()
+    total = weights.sum(dim=-1, keepdim=True)
+    # Normalize the [.., d] output rather than the [.., S] weights: fewer elements to divide.
+    out = torch.matmul(weights.to(v.dtype), v).float().div_(total)
+    return out.to(v.dtype), (peak + total.log()).squeeze(-1)
 
 
 def merge_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
@@ -91,6 +94,36 @@ def merge_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, 
     lse = torch.logaddexp(lse_a, lse_b)
     merged = out_a.float() * torch.exp(lse_a - lse).unsqueeze(-1) + out_b.float() * torch.exp(lse_b - lse).unsqueeze(-1)
     return merged.to(out_a.dtype), lse
+
+
+FLASH_MIN_SCORES = 1 << 20  # query rows x keys per KV head
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [M, heads, d] attends to k/v [kv_heads, S, d] -> (out [M, heads, d], LSE [M, heads] float32).
+
+    The query heads of one KV head are stacked along the query axis, so GQA needs no repeated keys.
+    On CPU this runs torch's tiled flash kernel, which also returns the LSE; elsewhere the plain
+    matmul form (GPU paths get the Triton kernels). mask: [M, S] bool, True = attend.
+    """
+    m, heads, d = q.shape
+    kv_heads = k.shape[0]
+    group = heads // kv_heads
+    stacked = q.view(m, kv_heads, group, d).permute(1, 2, 0, 3).reshape(kv_heads, group * m, d)
+    rows_mask = None if mask is None else mask.repeat(group, 1)
+    # The tiled kernel pays off once the score matrix is large; small ones are faster as two matmuls.
+    if _FLASH_CPU is not None and q.device.type == "cpu" and stacked.shape[1] * k.shape[1] > FLASH_MIN_SCORES:
+        additive = None
+        if rows_mask is not None:
+            additive = torch.zeros(rows_mask.shape, dtype=q.dtype).masked_fill_(~rows_mask, float("-inf"))
+        out, lse = _FLASH_CPU(stacked[None], k[None], v[None], attn_mask=additive)
+        out, lse = out[0], lse[0]
+    else:
+        out, lse = partial_attention(stacked, k, v, rows_mask)
+    out = out.view(kv_heads, group, m, d).permute(2, 0, 1, 3).reshape(m, heads, d)
+    return out, lse.float().view(kv_heads, group, m).permute(2, 0, 1).reshape(m, heads)
 
 
 def _grouped(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
@@ -133,12 +166,9 @@ class PagedAttention:
                 outputs.append(out.transpose(0, 1))
                 lses.append(None)
             else:
-                # All L x group queries of a KV head in one matmul; mask rows repeated per group member.
-                grouped = _grouped(qs, kv_heads)
-                group = grouped.shape[2]
-                out, lse = partial_attention(grouped.flatten(1, 2), ks, vs, span.mask.repeat_interleave(group, dim=0))
-                outputs.append(_ungrouped(out.view(grouped.shape)))
-                lses.append(_ungrouped(lse.view(grouped.shape[:-1])))
+                out, lse = attention_with_lse(qs, ks, vs, span.mask)
+                outputs.append(out)
+                lses.append(lse)
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         if b.shared:
             lse = torch.cat([x if x is not None else torch.zeros(o.shape[:2], device=o.device)
@@ -147,10 +177,8 @@ class PagedAttention:
                 rows = prefix.token_rows
                 kp = k_blocks[:, prefix.blocks].flatten(1, 2)  # [kv_heads, P, d], read once for all rows
                 vp = v_blocks[:, prefix.blocks].flatten(1, 2)
-                q_rows = _grouped(q[rows], kv_heads)  # [kv_heads, M, group, d]
-                out_p, lse_p = partial_attention(q_rows.flatten(1, 2), kp, vp, None)
-                out_p, lse_p = out_p.view(q_rows.shape), lse_p.view(q_rows.shape[:-1])
-                out[rows], _ = merge_states(out[rows], lse[rows], _ungrouped(out_p), _ungrouped(lse_p))
+                out_p, lse_p = attention_with_lse(q[rows], kp, vp, None)
+                out[rows], _ = merge_states(out[rows], lse[rows], out_p, lse_p)
         return out
 
 

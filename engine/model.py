@@ -29,9 +29,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Normalize in float32 and cast back before the weight, as the reference implementations do.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 class Rotary(nn.Module):
@@ -51,17 +49,16 @@ class Rotary(nn.Module):
         self.cos = (angles.cos() * self.scaling).to(self.cos.device)
         self.sin = (angles.sin() * self.scaling).to(self.sin.device)
 
-    def forward(self, positions: torch.Tensor, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, 1, head_dim] for the given absolute positions (looked up once per forward)."""
         if positions.numel() and int(positions.max()) >= self.cos.shape[0]:
             self._grow(int(positions.max()) + 1)
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
-        out = []
-        for x in xs:
-            x1, x2 = x.chunk(2, dim=-1)
-            rotated = torch.cat([-x2, x1], dim=-1)
-            out.append(x * cos.to(x.dtype) + rotated * sin.to(x.dtype))
-        return tuple(out)
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -76,14 +73,14 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, attention: Attention) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attention: Attention) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary(positions, q, k)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         out = attention(self.layer, q, k, v)
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
@@ -109,8 +106,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, attention: Attention) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, rotary, attention)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attention: Attention) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, attention)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -133,8 +130,9 @@ class Model(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
         """input_ids, positions: [T] packed tokens of many sequences -> final hidden states [T, hidden]."""
         x = self.embed_tokens(input_ids)
+        rope = self.rotary.table(positions)
         for layer in self.layers:
-            x = layer(x, positions, self.rotary, attention)
+            x = layer(x, rope, attention)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
