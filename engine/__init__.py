@@ -2,9 +2,11 @@
 from kojudge.config import ModelConfig, load_config
 from kojudge.engine import Engine
 from kojudge.model import Model
+from kojudge.pairjudge import BestOfN, PairJudge
+from kojudge.pointwise import PointwiseJudge, PointwiseScore
 from kojudge.sampling import SamplingParams
 from kojudge.sequence import RequestOutput
 from kojudge.tournament import TournamentResult, Verdict, knockout, round_robin, swiss
 
-__all__ = ["Engine", "Model", "ModelConfig", "RequestOutput", "SamplingParams", "TournamentResult", "Verdict",
+__all__ = ["BestOfN", "Engine", "Model", "ModelConfig", "PairJudge", "PointwiseJudge", "PointwiseScore", "RequestOutput", "SamplingParams", "TournamentResult", "Verdict",
            "knockout", "load_config", "round_robin", "swiss"]

@@ -28,6 +28,102 @@ def demo(args: argparse.Namespace) -> None:
     print(f"first output: {outs[0].text[:80]!r}")
 
 
+def _engine(args: argparse.Namespace):
+    from kojudge import Engine
+
+    return Engine(args.model, dtype=args.dtype, device=args.device, max_num_seqs=args.max_num_seqs,
+                  max_num_batched_tokens=args.max_batched_tokens)
+
+
+def _run_sharded(args: argparse.Namespace, items: list[dict], process) -> None:
+    """Shared job loop: this rank's share of items, skipping finished ids, results appended as they
+    finish by `process(engine, todo, writer, progress)`; rank 0 merges shards under torchrun."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from kojudge.jobs import ResultWriter, finished_ids, merge_shards, rank_and_world, shard_path
+
+    rank, world = rank_and_world()
+    output = Path(args.output)
+    path = shard_path(output, rank, world)
+    done = finished_ids(path) if args.resume else set()
+    todo = [item for item in items[rank::world] if item["id"] not in done]
+    writer = ResultWriter(path, resume=args.resume)
+    try:
+        with tqdm(total=len(todo), desc=f"{args.command} (rank {rank})" if world > 1 else args.command,
+                  unit="item") as progress:
+            if todo:
+                process(_engine(args), todo, writer, progress)
+    finally:
+        writer.close()
+    if world > 1:
+        Path(f"{path}.done").touch()
+        if rank == 0:
+            merge_shards(output, world, [item["id"] for item in items])
+
+
+def judge(args: argparse.Namespace) -> None:
+    """Best-of-N by a pairwise judge over a JSONL of {id, question, candidates}."""
+    from kojudge import SamplingParams
+    from kojudge.jobs import read_jsonl
+    from kojudge.pairjudge import STOP, PairJudge
+
+    items = read_jsonl(args.input, {"question": str, "candidates": list})
+
+    def process(engine, todo, writer, progress):
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, stop=[STOP],
+                                include_stop_str_in_output=True)
+        pair_judge = PairJudge(engine, template=args.template, params=params, format=args.format,
+                               group_by_answer=not args.no_teams, both_orders=args.both_orders, samples=args.samples)
+
+        def on_result(index, best):
+            item = todo[index]
+            writer.write({"id": item["id"], "winner": best.winner, "judge_calls": best.judge_calls,
+                          "rounds": best.result.rounds, "teams": best.teams,
+                          "matches": [{"round": m.round, "a": m.a, "b": m.b, "advanced": m.advanced,
+                                       "a_score": m.a_score, "b_score": m.b_score} for m in best.result.matches],
+                          "judgments": best.judgments})
+            progress.update(1)
+
+        pair_judge.best_of_n_many([(item["question"], item["candidates"]) for item in todo], seed=args.seed,
+                                  on_result=on_result)
+
+    _run_sharded(args, items, process)
+
+
+def score(args: argparse.Namespace) -> None:
+    """Pointwise rubric scores over a JSONL of {id, prompt, response | responses, [domain]}."""
+    from kojudge import SamplingParams
+    from kojudge.jobs import read_jsonl
+    from kojudge.pointwise import PointwiseJudge
+
+    items = read_jsonl(args.input, {"prompt": str})
+    for item in items:
+        responses = item.get("responses", [item["response"]] if "response" in item else None)
+        if not responses or not all(isinstance(r, str) for r in responses):
+            raise ValueError(f"{args.input}: item {item['id']!r}: needs 'response' (string) or 'responses' (list of strings)")
+        item["responses"] = responses
+
+    def process(engine, todo, writer, progress):
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=0.95,
+                                stop=["</answer>"], include_stop_str_in_output=True)
+        scorer = PointwiseJudge(engine, params=params)
+        for start in range(0, len(todo), args.batch):
+            chunk = todo[start: start + args.batch]
+            pairs = [(item["prompt"], r) for item in chunk for r in item["responses"]]
+            domains = [item.get("domain", args.domain) for item in chunk for _ in item["responses"]]
+            results = iter(scorer.score_many(pairs, n=args.n, vote_method=args.vote, domain=domains, seed=args.seed))
+            for item in chunk:
+                mine = [next(results) for _ in item["responses"]]
+                writer.write({"id": item["id"], "scores": [r.score for r in mine],
+                              "rollout_scores": [r.rollout_scores for r in mine],
+                              "format_rewards": [r.format_rewards for r in mine]})
+                progress.update(1)
+
+    _run_sharded(args, items, process)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kojudge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,8 +133,41 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=64)
     p.set_defaults(func=demo)
+
+    def job_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--model", required=True, help="local HF model directory of the judge")
+        p.add_argument("--input", required=True, help="JSONL input")
+        p.add_argument("--output", required=True, help="JSONL output, one line per finished item")
+        p.add_argument("--resume", action="store_true", help="keep finished items of --output and skip them")
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--max-tokens", type=int, default=1024)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--max-num-seqs", type=int, default=256, help="engine: most requests decoded at once")
+        p.add_argument("--max-batched-tokens", type=int, default=2048, help="engine: token budget per step")
+        return p
+
+    p = job_parser("judge", "best-of-N by pairwise tournament: {id, question, candidates} per line")
+    p.add_argument("--format", default="knockout", choices=["knockout", "round_robin", "swiss"])
+    p.add_argument("--template", help="pairwise template file with {question}, {response_a}, {response_b}")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--both-orders", action="store_true", help="judge every pair in both orders")
+    p.add_argument("--samples", type=int, default=1, help="judgments per match, combined by vote")
+    p.add_argument("--no-teams", action="store_true", help="do not group candidates by final answer")
+    p.set_defaults(func=judge)
+    p = job_parser("score", "pointwise rubric scores: {id, prompt, response|responses, [domain]} per line")
+    p.add_argument("--n", type=int, default=8, help="rollouts per response")
+    p.add_argument("--vote", default="mean", choices=["mean", "majority"])
+    p.add_argument("--domain", default="chat", help="default domain (chat, math, code, safety, instruction_following)")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--batch", type=int, default=16, help="items per batch between writes")
+    p.set_defaults(func=score)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, no traceback
+        parser.exit(2, f"kojudge {args.command}: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Parsers for judge outputs. They read generated text only, never the prompt, and never raise.
+"""Judge formats: placeholder filling for prompts, and parsers for outputs.
+
+Filling is one pass over the template, so inserted text (a candidate's) is never expanded. Parsers
+read generated text only, never the prompt, and never raise.
 
 Pointwise (PaTaRM): <think>, <generate_rubrics>, <eval>, <answer>S</answer> in that order, S in [0, 10].
 The format reward cases live here so the judge and the trainer share them: -1.5 when a tag is
@@ -19,6 +22,12 @@ _ORDERED = re.compile(
     "".join(rf"<{t}>(.*?)</{t}>.*?" for t in POINTWISE_TAGS[:-1]) + r"<answer>(.*?)</answer>", re.DOTALL
 )
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+
+
+def fill_placeholders(template: str, values: dict[str, str]) -> str:
+    """Replace each {name} of `values` in one pass over the template; other braces stay as they are."""
+    pattern = re.compile(r"\{(" + "|".join(map(re.escape, values)) + r")\}")
+    return pattern.sub(lambda m: values[m.group(1)], template)
 
 
 class PointwiseParse(NamedTuple):

@@ -1,8 +1,11 @@
 """Tournaments over an abstract batched judge: knockout (PairJudge), round-robin and Swiss.
 
-Pure logic, no model: `compare(pairs) -> verdicts` is called once per round with every match of that
-round, so a round runs as one batch. A verdict says whether the judge found each side correct
-(True / False / None for unparseable, which counts as incorrect).
+Pure logic, no model. Each format is a generator that yields one round's matches (a list of (a, b)
+pairs) and is sent back their verdicts, so a caller can run many tournaments at once and submit a
+question's next round the moment its last one is judged (`PairJudge.best_of_n_many`). The plain
+functions `knockout`, `round_robin` and `swiss` drive one with `compare(pairs) -> verdicts`, called
+once per round. A verdict says whether the judge found each side correct (True / False / None for
+unparseable, which counts as incorrect).
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, NamedTuple, Sequence
+from typing import Callable, Generator, Hashable, NamedTuple, Sequence
 
 
 class Verdict(NamedTuple):
@@ -19,6 +22,8 @@ class Verdict(NamedTuple):
 
 
 Compare = Callable[[list[tuple[int, int]]], Sequence[tuple[bool | None, bool | None]]]
+Pairs = list[tuple[int, int]]
+Rounds = Generator[Pairs, Sequence[tuple[bool | None, bool | None]], "TournamentResult"]
 
 
 @dataclass
@@ -45,18 +50,17 @@ class TournamentResult:
     points: dict[int, float] = field(default_factory=dict)  # round-robin / Swiss standings
 
 
-def _judge_round(compare: Compare, pairs: list[tuple[int, int]], both_orders: bool, samples: int
-                 ) -> tuple[list[tuple[list[Verdict], float, float]], int]:
-    """Ask for every judgment of a round in one call; per pair (verdicts, a_score, b_score), and calls made."""
+def _judge_round(pairs: Pairs, both_orders: bool, samples: int):
+    """Yield every judgment of a round at once; returns (per pair (verdicts, a_score, b_score), calls)."""
     if not pairs:
         return [], 0
-    asked: list[tuple[int, int]] = []
+    asked: Pairs = []
     for a, b in pairs:
         for _ in range(samples):
             asked.append((a, b))
             if both_orders:
                 asked.append((b, a))
-    answers = list(compare(asked))
+    answers = list((yield asked))
     if len(answers) != len(asked):
         raise ValueError(f"compare returned {len(answers)} verdicts for {len(asked)} pairs")
     per_pair = len(asked) // len(pairs)
@@ -104,8 +108,8 @@ def _pair_across_teams(players: list[int], team_of: Callable[[int], Hashable], r
     return [(a, b) if rng.random() < 0.5 else (b, a) for a, b in cross], same, byes
 
 
-def knockout(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
-             both_orders: bool = False, samples: int = 1) -> TournamentResult:
+def knockout_rounds(n: int, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
+                    both_orders: bool = False, samples: int = 1) -> Rounds:
     """Best-of-n by knockout (PairJudge): at most n - 1 judge calls with one order and one sample.
 
     Candidates with the same team (final answer) never meet in a judged match; correct beats
@@ -122,7 +126,7 @@ def knockout(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, 
     while len(survivors) > 1 and len({team_of(s) for s in survivors}) > 1:
         result.rounds += 1
         cross, same, byes = _pair_across_teams(survivors, team_of, rng)
-        judged, calls = _judge_round(compare, cross, both_orders, samples)
+        judged, calls = yield from _judge_round(cross, both_orders, samples)
         result.judge_calls += calls
         advancing = list(byes)
         for a, b in same:
@@ -159,14 +163,14 @@ def _standings_winner(points: dict[int, float], games: dict[int, int], rng: rand
     return rng.choice(sorted(i for i, r in rate.items() if r == best))
 
 
-def round_robin(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
-                both_orders: bool = False, samples: int = 1) -> TournamentResult:
+def round_robin_rounds(n: int, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
+                       both_orders: bool = False, samples: int = 1) -> Rounds:
     """Every cross-team pair judged once, all in one batch; the best rate of 'correct' verdicts wins."""
     team_of = _team_function(n, teams, "round_robin")
     rng = random.Random(seed)
     pairs = [(a, b) for a in range(n) for b in range(a + 1, n) if team_of(a) != team_of(b)]
     result = TournamentResult(winner=0, rounds=1 if pairs else 0)
-    judged, result.judge_calls = _judge_round(compare, pairs, both_orders, samples)
+    judged, result.judge_calls = yield from _judge_round(pairs, both_orders, samples)
     points, games = {i: 0.0 for i in range(n)}, {i: 0 for i in range(n)}
     _tally(result, 1, pairs, judged, points, games)
     result.points = points
@@ -174,8 +178,8 @@ def round_robin(n: int, compare: Compare, teams: Sequence[Hashable] | None = Non
     return result
 
 
-def swiss(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
-          rounds: int | None = None, both_orders: bool = False, samples: int = 1) -> TournamentResult:
+def swiss_rounds(n: int, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
+                 rounds: int | None = None, both_orders: bool = False, samples: int = 1) -> Rounds:
     """Swiss system: ceil(log2 n) rounds by default; each round pairs neighbours in the standings
     (avoiding rematches and same-team pairs where possible); the best rate of 'correct' verdicts wins."""
     team_of = _team_function(n, teams, "swiss")
@@ -201,9 +205,42 @@ def swiss(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, see
         if not pairs:
             break
         result.rounds = r
-        judged, calls = _judge_round(compare, pairs, both_orders, samples)
+        judged, calls = yield from _judge_round(pairs, both_orders, samples)
         result.judge_calls += calls
         _tally(result, r, pairs, judged, points, games)
     result.points = points
     result.winner = _standings_winner(points, games, rng)
     return result
+
+
+def play(rounds: Rounds, compare: Compare) -> TournamentResult:
+    """Run a tournament generator to the end, judging each round with one `compare` call."""
+    try:
+        pairs = next(rounds)
+        while True:
+            pairs = rounds.send(compare(pairs))
+    except StopIteration as done:
+        return done.value
+
+
+def knockout(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
+             both_orders: bool = False, samples: int = 1) -> TournamentResult:
+    """Best-of-n by knockout; see `knockout_rounds` for the rules and options."""
+    return play(knockout_rounds(n, teams, seed, both_orders=both_orders, samples=samples), compare)
+
+
+def round_robin(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
+                both_orders: bool = False, samples: int = 1) -> TournamentResult:
+    """Every cross-team pair judged in one batch; see `round_robin_rounds`."""
+    return play(round_robin_rounds(n, teams, seed, both_orders=both_orders, samples=samples), compare)
+
+
+def swiss(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
+          rounds: int | None = None, both_orders: bool = False, samples: int = 1) -> TournamentResult:
+    """Swiss system; see `swiss_rounds`."""
+    return play(swiss_rounds(n, teams, seed, rounds=rounds, both_orders=both_orders, samples=samples), compare)
+
+
+FORMATS: dict[str, Callable[..., Rounds]] = {
+    "knockout": knockout_rounds, "round_robin": round_robin_rounds, "swiss": swiss_rounds,
+}

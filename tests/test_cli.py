@@ -1,0 +1,100 @@
+"""The `kojudge` command line: judge and score jobs, errors with line numbers, kill and resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kojudge.cli import main
+
+CANDIDATES = ["The sum is \\boxed{12}", "so \\boxed{13}", "\\boxed{12}", "answer: 11", "\\boxed{14}"]
+
+
+def write_items(path, count):
+    with path.open("w") as f:
+        for i in range(count):
+            f.write(json.dumps({"id": f"q{i}", "question": f"What is {i} + 7?", "candidates": CANDIDATES[: 1 + i % 5]}) + "\n")
+    return path
+
+
+def judge_cmd(model, inp, out, *extra):
+    return [sys.executable, "-m", "kojudge.cli", "judge", "--model", str(model), "--input", str(inp),
+            "--output", str(out), "--max-tokens", "12", "--max-num-seqs", "2", *extra]
+
+
+def records(path):
+    return sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda r: r["id"])
+
+
+def test_judge_killed_midway_resumes_to_the_same_output(tmp_path, model_dirs):
+    model = model_dirs["qwen2-tied"]
+    inp = write_items(tmp_path / "in.jsonl", 24)
+    full, partial = tmp_path / "full.jsonl", tmp_path / "partial.jsonl"
+    subprocess.run(judge_cmd(model, inp, full), check=True, capture_output=True)
+    proc = subprocess.Popen(judge_cmd(model, inp, partial), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not partial.exists() or partial.read_text().count("\n") < 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = partial.read_text().count("\n")
+    assert 3 <= done_before < 24, "the run should have been killed midway"
+    subprocess.run(judge_cmd(model, inp, partial, "--resume"), check=True, capture_output=True)
+    assert records(partial) == records(full)
+    assert len(records(full)) == 24
+    single = next(r for r in records(full) if r["id"] == "q0")
+    assert single["winner"] == 0 and single["judge_calls"] == 0  # one candidate wins without a call
+
+
+def test_resume_drops_a_line_cut_short_by_a_kill(tmp_path, model_dirs):
+    inp = write_items(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"id": "q0", "winner": 0}) + "\n" + '{"id": "q1", "win')
+    main(["judge", "--model", str(model_dirs["qwen2-tied"]), "--input", str(inp), "--output", str(out),
+          "--max-tokens", "8", "--resume"])
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == ["q0", "q1", "q2"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"id": 1, "question": "q", "candidates": ["a"]}\n{"id": 2, "question": "q", "candidates": [\n', r"in.jsonl:2: invalid JSON"),
+    ('{"id": 1, "candidates": ["a"]}\n', r"in.jsonl:1: missing field 'question'"),
+    ('{"id": 1, "question": "q", "candidates": []}\n', r"in.jsonl:1: field 'candidates' is empty"),
+    ('{"id": 1, "question": "q", "candidates": "a"}\n', r"in.jsonl:1: field 'candidates' has the wrong type"),
+    ('{"id": 1, "question": "q", "candidates": ["a"]}\n\n{"id": 1, "question": "q", "candidates": ["b"]}\n',
+     r"in.jsonl:3: duplicate id 1"),
+])
+def test_bad_judge_input_is_a_clear_error(tmp_path, model_dirs, capsys, content, message):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["judge", "--model", str(model_dirs["qwen2-tied"]), "--input", str(inp), "--output", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert message.replace("\\", "") in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing started
+
+
+def test_score_writes_votes_per_response(tmp_path, model_dirs):
+    inp = tmp_path / "s.jsonl"
+    inp.write_text(json.dumps({"id": "a", "prompt": "Say hi", "responses": ["hi", "hello"]}) + "\n"
+                   + json.dumps({"id": "b", "prompt": "2+2?", "response": "4", "domain": "math"}) + "\n")
+    out = tmp_path / "s_out.jsonl"
+    main(["score", "--model", str(model_dirs["qwen3-tied"]), "--input", str(inp), "--output", str(out),
+          "--max-tokens", "10", "--n", "2"])
+    rows = records(out)
+    assert [len(r["scores"]) for r in rows] == [2, 1]
+    assert all(len(r) == 2 for row in rows for r in row["rollout_scores"])
+
+
+def test_torchrun_style_sharding_merges_in_input_order(tmp_path, model_dirs):
+    inp = write_items(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen(judge_cmd(model_dirs["qwen2-tied"], inp, out), env={**env, "RANK": str(r)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for r in (1, 0)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"q{i}" for i in range(5)]
