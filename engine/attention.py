@@ -197,3 +197,51 @@ class CausalVarlenAttention:
             )
             outputs.append(o.transpose(0, 1))
         return torch.cat(outputs)
+
+
+class TritonPagedAttention:
+    """The same step as PagedAttention on the Triton kernels (CUDA; the CPU interpreter in tests):
+    decodes and prefill spans in one varlen launch, each shared prefix in one more, merged by LSE."""
+
+    def __init__(self, cache: KVCache, batch: PagedBatch):
+        self.cache, self.batch = cache, batch
+        device = batch.slot_mapping.device
+        tables, kv_lens, q_offsets, q_start = [], [], [], [0]
+        if batch.num_decodes:
+            width = batch.decode_blocks.shape[1] * cache.block_size
+            lens = batch.decode_mask[:, 0].sum(-1) if batch.decode_mask is not None else \
+                torch.full((batch.num_decodes,), width, device=device)
+            tables.extend(batch.decode_blocks)
+            kv_lens.extend(lens.tolist())
+            q_offsets.extend((lens - 1).tolist())
+            q_start.extend(range(1, batch.num_decodes + 1))
+        for span in batch.prefills:
+            tables.append(span.blocks)
+            kv_lens.append(span.context_len - span.key_start)
+            q_offsets.append(span.context_len - (span.end - span.start) - span.key_start)
+            q_start.append(span.end)
+        width = max(len(t) for t in tables)
+        self.tables = torch.zeros(len(tables), width, dtype=torch.int32, device=device)
+        for row, table in enumerate(tables):
+            self.tables[row, : len(table)] = table
+        as_int = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)  # noqa: E731
+        self.kv_lens, self.q_offsets, self.q_start = as_int(kv_lens), as_int(q_offsets), as_int(q_start)
+        self.max_queries = max(b - a for a, b in zip(q_start, q_start[1:]))
+        self.prefix_tables = [p.blocks.to(torch.int32)[None] for p in batch.shared]
+        self.prefix_lens = [as_int([len(p.blocks) * cache.block_size]) for p in batch.shared]
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        from kojudge.kernels.attention import merge_state_triton, paged_attention_triton, store_kv_triton
+
+        k_cache, v_cache, bs = self.cache.k[layer], self.cache.v[layer], self.cache.block_size
+        store_kv_triton(k, v, k_cache, v_cache, self.batch.slot_mapping)
+        out, lse = paged_attention_triton(q, k_cache, v_cache, self.q_start, self.tables, self.kv_lens, self.q_offsets,
+                                          bs, causal=True, max_queries=self.max_queries)
+        for prefix, table, length in zip(self.batch.shared, self.prefix_tables, self.prefix_lens):
+            rows = q[prefix.token_rows]
+            start = torch.tensor([0, rows.shape[0]], dtype=torch.int32, device=q.device)
+            out_p, lse_p = paged_attention_triton(rows, k_cache, v_cache, start, table, length,
+                                                  torch.zeros(1, dtype=torch.int32, device=q.device), bs, causal=False)
+            out[prefix.token_rows], lse[prefix.token_rows] = merge_state_triton(out[prefix.token_rows],
+                                                                                lse[prefix.token_rows], out_p, lse_p)
+        return out

@@ -9,6 +9,7 @@ import torch
 from kojudge.attention import KVCache
 from kojudge.block_manager import BlockPool
 from kojudge.config import load_config
+from kojudge.kernels.dispatch import choose_backend
 from kojudge.model import Model
 from kojudge.model_runner import ModelRunner
 from kojudge.sampling import SamplingParams, sample
@@ -31,7 +32,8 @@ class Engine:
     def __init__(self, model_dir: str | Path, dtype: str = "float32", device: str = "cpu", *,
                  block_size: int = 16, kv_cache_blocks: int | None = None, kv_cache_gib: float = 2.0,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 2048, max_model_len: int | None = None,
-                 enable_prefix_caching: bool = True, enable_cascade: bool = True, seed: int = 0):
+                 enable_prefix_caching: bool = True, enable_cascade: bool = True, attention_backend: str | None = None,
+                 seed: int = 0):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.config = load_config(model_dir)
@@ -54,7 +56,11 @@ class Engine:
                              self.config.head_dim, self.dtype, self.device)
         self.pool = BlockPool(kv_cache_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.pool, max_num_seqs, max_num_batched_tokens)
-        self.runner = ModelRunner(self.model, self.cache, self.device, cascade=enable_cascade)
+        self.attention_backend = choose_backend(self.device, attention_backend)
+        if self.attention_backend == "flashinfer":
+            raise ValueError("the flashinfer attention backend is not wired into the engine yet; use 'triton'")
+        self.runner = ModelRunner(self.model, self.cache, self.device, cascade=enable_cascade,
+                                  backend=self.attention_backend)
         self.shared_generator = torch.Generator().manual_seed(seed)
         self._next_id = 0
         self._counters = dict(prompt_tokens=0, computed_prompt_tokens=0, generated_tokens=0)

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from kojudge.attention import KVCache, PagedAttention, PagedBatch, PrefillSpan, SharedPrefix
+from kojudge.attention import KVCache, PagedAttention, PagedBatch, PrefillSpan, SharedPrefix, TritonPagedAttention
 from kojudge.model import Model
 from kojudge.sequence import Sequence
 
 
 class ModelRunner:
-    def __init__(self, model: Model, cache: KVCache, device: torch.device, cascade: bool = True):
+    def __init__(self, model: Model, cache: KVCache, device: torch.device, cascade: bool = True,
+                 backend: str = "torch"):
         self.model, self.cache, self.device, self.cascade = model, cache, device, cascade
+        self.attention = TritonPagedAttention if backend == "triton" else PagedAttention
         self.block_size = cache.block_size
         self._offsets = torch.arange(self.block_size, device=device)
 
@@ -101,7 +103,7 @@ class ModelRunner:
         `sample_rows` index into `work`; each such sequence's last new token is the one sampled.
         """
         input_ids, positions, batch = self.build(work)
-        hidden = self.model(input_ids, positions, PagedAttention(self.cache, batch))
+        hidden = self.model(input_ids, positions, self.attention(self.cache, batch))
         # Packed order is decodes first; map each work entry to the row of its last new token.
         order = [i for i, (_, n) in enumerate(work) if n == 1] + [i for i, (_, n) in enumerate(work) if n > 1]
         last_row, end = {}, 0
