@@ -4,8 +4,8 @@
 
 Three implementations with one signature:
 - `chosen_logprobs_reference`: the naive formula with autograd (the ground truth in tests);
-- the chunked torch path (CPU default): rows in chunks, logits of one chunk at a time, backward
-  recomputes them;
+- the chunked torch path (CPU default): tiles of rows x vocabulary slice with an online log-sum-exp;
+  the backward recomputes each tile;
 - the Triton path (CUDA): a fused forward that streams over the vocabulary with an online
   log-sum-exp and never stores logits; the backward recomputes one vocabulary slice of logit
   gradients at a time in a kernel and applies it with two matmuls.
@@ -32,47 +32,73 @@ def chosen_logprobs_reference(hidden: torch.Tensor, weight: torch.Tensor, target
 # ---- chunked torch ---------------------------------------------------------------------------------
 
 class _ChunkedLogprobs(torch.autograd.Function):
+    """Tiles of (row chunk x vocabulary slice): the forward keeps a running max / sum per row (online
+    log-sum-exp); the backward recomputes each tile's logits, turns them into logit gradients and
+    applies them with two matmuls, finishing one vocabulary slice of the weight gradient at a time."""
+
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, chunk_rows, return_entropy):
-        logp = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-        lse = torch.empty_like(logp)
-        entropy = torch.empty_like(logp) if return_entropy else None
-        for start in range(0, hidden.shape[0], chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            logits = (hidden[rows] @ weight.T).float().div_(temperature)
-            lse[rows] = torch.logsumexp(logits, dim=-1)
-            logp[rows] = logits.gather(1, targets[rows, None]).squeeze(1) - lse[rows]
+    def forward(ctx, hidden, weight, targets, temperature, chunk_rows, vocab_slice, return_entropy):
+        T, V = hidden.shape[0], weight.shape[0]
+        lse = torch.empty(T, dtype=torch.float32, device=hidden.device)
+        picked = torch.empty_like(lse)
+        entropy = torch.empty_like(lse) if return_entropy else None
+        for r0 in range(0, T, chunk_rows):
+            rows, h = slice(r0, r0 + chunk_rows), hidden[r0: r0 + chunk_rows]
+            n = h.shape[0]
+            top = torch.full((n,), float("-inf"), device=hidden.device)
+            total = torch.zeros(n, device=hidden.device)
+            weighted = torch.zeros(n, device=hidden.device)  # running sum of p * logit (entropy)
+            for v0 in range(0, V, vocab_slice):
+                logits = (h @ weight[v0: v0 + vocab_slice].T).float().div_(temperature)
+                new_top = torch.maximum(top, logits.amax(-1))
+                rescale = torch.exp(top - new_top)
+                probs = (logits - new_top[:, None]).exp_()
+                total = total * rescale + probs.sum(-1)
+                if entropy is not None:
+                    weighted = weighted * rescale + (probs * logits).sum(-1)
+                top = new_top
+                local = targets[rows] - v0
+                inside = (local >= 0) & (local < logits.shape[1])
+                if inside.any():
+                    hit = inside.nonzero().squeeze(1)
+                    picked[r0 + hit] = logits[hit, local[hit]]
+            lse[rows] = top + total.log()
             if entropy is not None:
-                probs = (logits - lse[rows, None]).exp_()
-                entropy[rows] = lse[rows] - (probs * logits).sum(-1)
+                entropy[rows] = lse[rows] - weighted / total
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        ctx.temperature, ctx.chunk_rows, ctx.vocab_slice = temperature, chunk_rows, vocab_slice
         ctx.mark_non_differentiable(*([entropy] if entropy is not None else []))
-        return logp, entropy
+        return picked - lse, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy):
         hidden, weight, targets, lse = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if ctx.needs_input_grad[1] else None
-        for start in range(0, hidden.shape[0], ctx.chunk_rows):
-            rows = slice(start, start + ctx.chunk_rows)
-            logits = (hidden[rows] @ weight.T).float().div_(ctx.temperature)
-            # d logp_t / d logits = onehot(target) - softmax; scaled by the upstream gradient.
-            grad = (logits - lse[rows, None]).exp_().mul_(-grad_logp[rows, None])
-            grad.scatter_add_(1, targets[rows, None], grad_logp[rows, None].float())
-            grad.div_(ctx.temperature)
-            if grad_hidden is not None:
-                grad_hidden[rows] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
-            if grad_weight is not None:
-                grad_weight.addmm_(grad.T, hidden[rows].float())
-        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
+        T, V = hidden.shape[0], weight.shape[0]
+        grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+        grad_weight = torch.empty_like(weight)
+        grad_logp = grad_logp.float()
+        for v0 in range(0, V, ctx.vocab_slice):
+            w = weight[v0: v0 + ctx.vocab_slice]
+            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device)
+            for r0 in range(0, T, ctx.chunk_rows):
+                rows, h = slice(r0, r0 + ctx.chunk_rows), hidden[r0: r0 + ctx.chunk_rows]
+                logits = (h @ w.T).float().div_(ctx.temperature)
+                # d logp_t / d logits = onehot(target) - softmax, times the upstream gradient.
+                grad = (logits - lse[rows, None]).exp_().mul_(-grad_logp[rows, None])
+                local = targets[rows] - v0
+                inside = ((local >= 0) & (local < w.shape[0])).nonzero().squeeze(1)
+                grad[inside, local[inside]] += grad_logp[rows][inside]
+                grad.div_(ctx.temperature)
+                grad_hidden[rows].addmm_(grad, w.float())
+                grad_w.addmm_(grad.T, h.float())
+            grad_weight[v0: v0 + ctx.vocab_slice] = grad_w
+        return grad_hidden.to(hidden.dtype), grad_weight, None, None, None, None, None
 
 
 def chosen_logprobs_chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                            temperature: float = 1.0, return_entropy: bool = False, chunk_rows: int = 256) -> Output:
-    return _ChunkedLogprobs.apply(hidden, weight, targets, temperature, chunk_rows, return_entropy)
+                            temperature: float = 1.0, return_entropy: bool = False, chunk_rows: int = 2048,
+                            vocab_slice: int = 2048) -> Output:
+    return _ChunkedLogprobs.apply(hidden, weight, targets, temperature, chunk_rows, vocab_slice, return_entropy)
 
 
 # ---- Triton ----------------------------------------------------------------------------------------

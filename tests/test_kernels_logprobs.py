@@ -38,11 +38,14 @@ def test_logprobs_and_gradients_match_the_reference(backend, shape, temperature)
 def test_chunk_boundaries_do_not_matter():
     from kojudge.kernels.logprobs import chosen_logprobs_chunked
 
-    hidden, weight, targets, _ = inputs(50, 16, 40)
-    whole = chosen_logprobs_chunked(hidden.detach(), weight.detach(), targets, chunk_rows=1000)[0]
-    for rows in (1, 7, 49):
-        torch.testing.assert_close(chosen_logprobs_chunked(hidden.detach(), weight.detach(), targets,
-                                                           chunk_rows=rows)[0], whole)
+    hidden, weight, targets, upstream = inputs(50, 16, 40)
+    expected = run("reference", hidden, weight, targets, upstream, 1.0)
+    for rows, vocab in ((1, 40), (7, 3), (49, 17), (1000, 1000)):
+        h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+        logp, entropy = chosen_logprobs_chunked(h, w, targets, return_entropy=True, chunk_rows=rows, vocab_slice=vocab)
+        (logp * upstream).sum().backward()
+        for e, g in zip(expected, (logp, entropy, h.grad, w.grad)):
+            torch.testing.assert_close(g.detach(), e, atol=1e-4, rtol=1e-4)
 
 
 def test_backend_choice(monkeypatch):
