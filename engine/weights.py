@@ -94,9 +94,13 @@ def load_weights(model: Model, model_dir: str | Path) -> None:
 
 def hf_state_dict(model: Model) -> dict[str, torch.Tensor]:
     """The model's weights under Hugging Face names, merged tensors split back (for checkpoints)."""
-    params = dict(model.named_parameters())
+    return to_hf_names(model.config, {name: p.detach() for name, p in model.named_parameters()})
+
+
+def to_hf_names(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our parameter tensors (by our names) -> Hugging Face tensors."""
     out = {}
-    for name, pieces in hf_sources(model.config):
-        parts = params[name].detach().split([rows for _, rows in pieces])
+    for name, pieces in hf_sources(config):
+        parts = tensors[name].split([rows for _, rows in pieces])
         out.update({hf_name: part.contiguous() for (hf_name, _), part in zip(pieces, parts)})
     return out

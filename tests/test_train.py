@@ -1,0 +1,125 @@
+"""The trainer: SFT drives the loss down, checkpoints load in kojudge and transformers, a killed run
+resumes to the same curve, and a 2-process FSDP2 step equals the single-process one."""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kojudge
+from conftest import hf_greedy
+from kojudge.train.config import SFTConfig, load_train_config
+from kojudge.train.sft import train_sft
+
+
+def write_sft_data(path, count=32, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(count):
+            a, b = rng.randrange(100), rng.randrange(100)
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"{a} + {b} = ?"},
+                                             {"role": "assistant", "content": f"the answer is {a + b}"}]}) + "\n")
+    return path
+
+
+@pytest.fixture
+def sft_setup(tmp_path, model_dirs):
+    return model_dirs["qwen2-tied"], write_sft_data(tmp_path / "data.jsonl")
+
+
+def test_sft_drives_the_loss_down_and_exports_a_loadable_model(tmp_path, sft_setup):
+    model, data = sft_setup
+    cfg = SFTConfig(model=str(model), data=str(data), output=str(tmp_path / "out"), batch_size=8, epochs=10, lr=3e-3,
+                    warmup_steps=5, save_every=1000, eval_data=str(data), eval_every=20)
+    records = train_sft(cfg, progress=False)
+    assert len(records) == 40
+    assert records[-1]["loss"] < 0.25 * records[0]["loss"]
+    assert records[-1]["eval_loss"] < records[19]["eval_loss"]
+    final = tmp_path / "out" / "final"
+    engine = kojudge.Engine(final)
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).eval()
+    prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "12 + 30 = ?"}])
+    ours = engine.generate([prompt], kojudge.SamplingParams(max_tokens=8, ignore_eos=True))[0].token_ids
+    assert ours == hf_greedy(hf, prompt, 8)
+    assert engine.tokenizer.decode(ours).startswith("the answer is")  # it learned the format
+
+
+def test_killed_sft_run_resumes_to_the_same_loss_curve(tmp_path, sft_setup):
+    model, data = sft_setup
+    base = dict(model=str(model), data=str(data), batch_size=8, epochs=5, lr=3e-3, warmup_steps=3, save_every=5)
+    straight = train_sft(SFTConfig(output=str(tmp_path / "a"), **base), progress=False)
+    out = tmp_path / "b"
+    train_sft(SFTConfig(output=str(out), **base), progress=False)
+    # As if killed at step 13: only what had been written by then survives.
+    for name in ("state-15", "state-20", "checkpoint-15", "final"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    lines = (out / "metrics.jsonl").read_text().splitlines()[:13]
+    (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    resumed = train_sft(SFTConfig(output=str(out), **base), progress=False)
+    assert [r["step"] for r in resumed] == list(range(11, 21))
+    curve = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert curve == pytest.approx([r["loss"] for r in straight], abs=1e-6)
+
+
+def test_two_process_fsdp_step_equals_single_process(tmp_path, sft_setup):
+    from safetensors.torch import load_file
+
+    from kojudge.tokenizer import Tokenizer
+    from kojudge.train.checkpoint import full_weights
+    from kojudge.train.common import build_policy, make_optimizer
+    from kojudge.train.data import load_sft, pack
+    from kojudge.train.sft import sft_step
+
+    model, data = sft_setup
+    out = tmp_path / "fsdp.safetensors"
+    worker = Path(__file__).parent / "fsdp_step_worker.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(29500 + os.getpid() % 1000), str(worker), str(model), str(data), str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    examples = load_sft(data, Tokenizer(model), 512)
+    module = build_policy(model, 1, "float32")
+    optimizer = make_optimizer(module, 1e-2, 0.01)
+    before = {k: v.clone() for k, v in full_weights(module).items()}
+    sft_step(module, optimizer, [pack(examples[:4]), pack(examples[4:8])], 1, "float32", 1e-2, 1.0)
+    single, sharded = full_weights(module), load_file(out)
+    assert single.keys() == sharded.keys()
+    for name in single:
+        torch.testing.assert_close(sharded[name], single[name], atol=1e-5, rtol=1e-5, msg=name)
+    assert any(not torch.equal(before[n], single[n]) for n in single)  # the step did move the weights
+
+
+def test_train_config_errors_name_the_setting(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: m\ndata: d\noutput: o\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match=r"c.yaml: unknown setting\(s\) \['learning_rate'\]"):
+        load_train_config(path, SFTConfig)
+    path.write_text("model: m\n")
+    with pytest.raises(ValueError, match=r"missing required setting\(s\) \['data', 'output'\]"):
+        load_train_config(path, SFTConfig)
+    assert load_train_config(_json(tmp_path), SFTConfig).lr == 0.5
+
+
+def _json(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model": "m", "data": "d", "output": "o", "lr": 0.5}))
+    return path
+
+
+def test_bad_sft_data_names_the_line(tmp_path, model_dirs):
+    from kojudge.tokenizer import Tokenizer
+    from kojudge.train.data import load_sft
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]})
+                    + "\n" + json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:2: no assistant message"):
+        load_sft(path, Tokenizer(model_dirs["qwen2-tied"]), 512)

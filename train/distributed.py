@@ -1,0 +1,57 @@
+"""Process group, FSDP2 sharding and the training module (decoder + fused chosen-token log-probs)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from kojudge.attention import CausalVarlenAttention
+from kojudge.kernels import chosen_logprobs
+from kojudge.model import Model
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size); starts a process group under torchrun (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def all_reduce_sum(value: float, world: int) -> float:
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t)
+
+
+class TokenLogprobs(nn.Module):
+    """log p(target) of every packed token; the head runs inside forward so FSDP keeps the (tied)
+    embedding / LM-head weight gathered while it is used."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cu_seqlens: list[int], targets: torch.Tensor,
+                temperature: float = 1.0) -> torch.Tensor:
+        hidden = self.model(input_ids, positions, CausalVarlenAttention(cu_seqlens))
+        return chosen_logprobs(hidden, self.model.lm_head_weight, targets, temperature)[0]
+
+
+def shard(module: TokenLogprobs, world: int, dtype: torch.dtype) -> TokenLogprobs:
+    """FSDP2: one unit per decoder layer plus the root; parameters in `dtype`, gradients reduced in float32."""
+    if world == 1:
+        return module
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (world,))
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for layer in module.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(module, mesh=mesh, mp_policy=policy)
+    return module

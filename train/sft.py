@@ -1,0 +1,96 @@
+"""Supervised fine-tuning on chat transcripts: packed sequences, loss on assistant tokens only."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from kojudge.tokenizer import Tokenizer
+from kojudge.train.common import (MetricsLog, apply_update, build_policy, checkpoint, compute_context, learning_rate,
+                                  make_optimizer, resume)
+from kojudge.train.config import SFTConfig
+from kojudge.train.data import IGNORE, PackedBatch, load_sft, pack, sft_batches
+from kojudge.train.distributed import TokenLogprobs, all_reduce_sum, init_distributed
+
+
+def token_loss_sum(module: TokenLogprobs, batch: PackedBatch) -> torch.Tensor:
+    """Sum of -log p over the loss tokens of a packed batch."""
+    mask = batch.labels != IGNORE
+    logp = module(batch.input_ids, batch.positions, batch.cu_seqlens, batch.labels.clamp(min=0))
+    return -(logp * mask).sum()
+
+
+def sft_step(module: TokenLogprobs, optimizer: torch.optim.Optimizer, micro_batches: list[PackedBatch], world: int,
+             dtype: str, lr: float, max_grad_norm: float) -> dict:
+    """One optimizer step over this rank's micro-batches. The loss is the mean over every loss token of
+    the step, all ranks together; FSDP averages gradients over ranks, hence the factor `world`."""
+    tokens = all_reduce_sum(sum(b.num_loss_tokens for b in micro_batches), world)
+    module.train()
+    loss_sum = 0.0
+    for batch in micro_batches:
+        with compute_context(dtype, world):
+            loss = token_loss_sum(module, batch)
+        (loss * world / tokens).backward()
+        loss_sum += float(loss.detach())
+    grad_norm = apply_update(module, optimizer, lr, max_grad_norm)
+    return {"loss": all_reduce_sum(loss_sum, world) / tokens, "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens)}
+
+
+@torch.no_grad()
+def evaluate(module: TokenLogprobs, examples, batch_size: int, rank: int, world: int) -> float:
+    total = count = 0.0
+    for start in range(0, len(examples), batch_size):
+        part = examples[start: start + batch_size][rank::world]
+        if part:
+            batch = pack(part)
+            total += float(token_loss_sum(module, batch))
+            count += batch.num_loss_tokens
+    return all_reduce_sum(total, world) / max(1.0, all_reduce_sum(count, world))
+
+
+def train_sft(cfg: SFTConfig, progress: bool = True) -> list[dict]:
+    """Runs (or resumes) SFT; returns the metrics records written by this call."""
+    rank, world = init_distributed()
+    if cfg.batch_size < world:
+        raise ValueError(f"batch_size {cfg.batch_size} < {world} ranks: every rank needs a sequence per micro-batch")
+    torch.manual_seed(cfg.seed)
+    tokenizer = Tokenizer(cfg.model)
+    examples = load_sft(cfg.data, tokenizer, cfg.max_length)
+    eval_examples = load_sft(cfg.eval_data, tokenizer, cfg.max_length) if cfg.eval_data else None
+    steps_per_epoch = -(-len(sft_batches(examples, cfg.batch_size, cfg.seed, 0)) // cfg.grad_accum)
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    module = build_policy(cfg.model, world, cfg.dtype)
+    optimizer = make_optimizer(module, cfg.lr, cfg.weight_decay)
+    step = resume(module, optimizer, cfg.output)["step"]
+    log = MetricsLog(cfg.output, rank)
+    log.truncate_after(step)
+    records = []
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, desc="sft", unit="step")
+    while step < total:
+        epoch, index = divmod(step, steps_per_epoch)
+        batches = sft_batches(examples, cfg.batch_size, cfg.seed, epoch)
+        micro = batches[index * cfg.grad_accum: (index + 1) * cfg.grad_accum]
+        start = time.perf_counter()
+        lr = learning_rate(step, cfg.lr, cfg.warmup_steps, total, cfg.min_lr_ratio)
+        record = sft_step(module, optimizer, [pack(b[rank::world]) for b in micro if b[rank::world]], world,
+                          cfg.dtype, lr, cfg.max_grad_norm)
+        step += 1
+        record = {"step": step, **record, "tokens_per_s": record["tokens"] / (time.perf_counter() - start)}
+        if eval_examples is not None and (step % cfg.eval_every == 0 or step == total):
+            module.eval()
+            with compute_context(cfg.dtype, world):
+                record["eval_loss"] = evaluate(module, eval_examples, cfg.batch_size, rank, world)
+        log.write(record)
+        records.append(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if step % cfg.save_every == 0 or step == total:
+            checkpoint(module, optimizer, cfg.model, cfg.output, {"step": step}, rank, final=step == total)
+    if bar is not None:
+        bar.close()
+    return records
