@@ -60,6 +60,11 @@ class BlockPool:
             if self.ref_count[block] == 0:
                 self.free[block] = None
 
+    def clear_cache(self) -> None:
+        """Forget every cached block (their keys and values are stale once the weights change)."""
+        self.cache.clear()
+        self.key = [None] * self.num_blocks
+
     def register(self, block: int, parent: int, token_ids: list[int]) -> int:
         """Publish a full block; returns the node id its successor blocks hang under."""
         key = (parent, tuple(token_ids))

@@ -124,6 +124,20 @@ def score(args: argparse.Namespace) -> None:
     _run_sharded(args, items, process)
 
 
+def train(args: argparse.Namespace) -> None:
+    """SFT or GRPO-PAR from a YAML / JSON config; under torchrun, FSDP2 across the processes."""
+    from kojudge.train.config import GRPOConfig, SFTConfig, load_train_config
+
+    if args.stage == "sft":
+        from kojudge.train.sft import train_sft
+
+        train_sft(load_train_config(args.config, SFTConfig), progress=not args.no_progress)
+    else:
+        from kojudge.train.grpo import train_grpo
+
+        train_grpo(load_train_config(args.config, GRPOConfig), progress=not args.no_progress)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kojudge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--batch", type=int, default=16, help="items per batch between writes")
     p.set_defaults(func=score)
+    p = sub.add_parser("train", help="train a judge: sft | grpo (use torchrun for more than one process)")
+    p.add_argument("stage", choices=["sft", "grpo"])
+    p.add_argument("--config", required=True, help="YAML or JSON file with the stage's settings")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=train)
     args = parser.parse_args(argv)
     try:
         args.func(args)

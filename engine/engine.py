@@ -221,6 +221,20 @@ class Engine:
             progress.close()
         return [results[rid] for rid in request_ids]
 
+    @torch.no_grad()
+    def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy new weights (our parameter names, e.g. from the trainer) into the model in place and
+        drop the prefix cache, whose keys and values the old weights computed."""
+        if self.scheduler.has_work():
+            raise RuntimeError("update_weights() while requests are in flight")
+        params = dict(self.model.named_parameters())
+        missing = sorted(set(params) - set(weights))
+        if missing:
+            raise KeyError(f"update_weights(): no tensor for {missing[:3]}")
+        for name, param in params.items():
+            param.copy_(weights[name])
+        self.pool.clear_cache()
+
     def stats(self) -> dict[str, int]:
         return dict(self._counters, cached_prompt_tokens=self.scheduler.cached_prompt_tokens,
                     preemptions=self.scheduler.num_preemptions)

@@ -115,6 +115,10 @@ def vote(scores: Sequence[float | None], method: str = "mean") -> float | None:
     raise ValueError(f"vote must be 'mean' or 'majority', got {method!r}")
 
 
+def pointwise_text(rubric: str, prompt: str, response: str) -> str:
+    return fill_placeholders(POINTWISE_TEMPLATE, {"rubric": rubric, "prompt": prompt, "response": response})
+
+
 class PointwiseJudge:
     def __init__(self, engine: Engine, rubrics: dict[str, str] | None = None, params: SamplingParams | None = None):
         self.engine = engine
@@ -127,9 +131,13 @@ class PointwiseJudge:
             raise ValueError(f"unknown domain {domain!r}; known: {sorted(self.rubrics)}")
         return self.rubrics[domain]
 
+    def pointwise_text(self, prompt: str, response: str, domain: str = "chat") -> str:
+        """The user turn of a pointwise judgment (what SFT data for the judge should contain)."""
+        return pointwise_text(self._rubric(domain), prompt, response)
+
     def pointwise_prompt(self, prompt: str, response: str, domain: str = "chat") -> list[int]:
-        text = fill_placeholders(POINTWISE_TEMPLATE, {"rubric": self._rubric(domain), "prompt": prompt, "response": response})
-        return self.engine.tokenizer.apply_chat_template([{"role": "user", "content": text}])
+        return self.engine.tokenizer.apply_chat_template([{"role": "user", "content": self.pointwise_text(
+            prompt, response, domain)}])
 
     def pairwise_prompt(self, prompt: str, response_a: str, response_b: str, domain: str = "chat") -> list[int]:
         text = fill_placeholders(PAIRWISE_TEMPLATE, {"rubric": self._rubric(domain), "prompt": prompt,

@@ -69,3 +69,34 @@ def test_group_advantages_hand_computed():
                                                                                     2 / (8**0.5 + 1e-6)]))
     with pytest.raises(ValueError, match="group ids"):
         group_advantages([1.0], [0, 1])
+
+
+def test_clipped_policy_loss_cases():
+    from kojudge.train.grpo import clipped_policy_loss
+
+    old = torch.zeros(4)
+    logp = torch.log(torch.tensor([1.0, 1.5, 0.5, 1.5]))
+    adv = torch.tensor([2.0, 1.0, 1.0, -1.0])
+    loss, clipped = clipped_policy_loss(logp, old, adv, clip=0.2)
+    # ratio 1: -A; ratio 1.5, A > 0: clipped to 1.2; ratio 0.5, A > 0: unclipped 0.5; ratio 1.5, A < 0: 1.5 A
+    torch.testing.assert_close(loss, torch.tensor([-2.0, -1.2, -0.5, 1.5]))
+    assert clipped.tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_k3_kl_and_token_mean():
+    from kojudge.train.grpo import kl_k3, token_mean
+
+    kl = kl_k3(torch.tensor([0.0, -1.0]), torch.tensor([torch.log(torch.tensor(0.5)), -1.0]))
+    torch.testing.assert_close(kl, torch.tensor([0.5 + 0.6931472 - 1, 0.0]))
+    assert kl_k3(torch.tensor([0.0]), torch.tensor([-100.0])).item() <= 10.0  # clamped
+    assert token_mean(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 1.0]), 4.0).item() == 1.0
+
+
+def test_score_pairs_adds_par_and_format():
+    from kojudge.train.grpo import Rollout, score_pairs
+
+    chosen = [Rollout([], [], 8.0, 0.0), Rollout([], [], None, -1.5)]
+    rejected = [Rollout([], [], 3.0, 0.0), Rollout([], [], 9.0, -0.0)]
+    score_pairs(chosen, rejected, "graded")
+    # mean(rejected) = 6: 8 is 2 above (1.2); mean(chosen) = 8 (valid only): 3 is 5 below (1.4), 9 is above (0)
+    assert [r.reward for r in chosen + rejected] == [1.2, -1.5, 1.4, 0.0]

@@ -123,3 +123,25 @@ def test_bad_sft_data_names_the_line(tmp_path, model_dirs):
                     + "\n" + json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl:2: no assistant message"):
         load_sft(path, Tokenizer(model_dirs["qwen2-tied"]), 512)
+
+
+def test_grpo_par_raises_the_par_reward_of_a_tiny_judge(tmp_path):
+    """SFT teaches the judgment format with scores unrelated to the response; GRPO-PAR then has to
+    teach the judge to score the right sum above the slip."""
+    from kojudge.tiny import make_tiny_model
+    from kojudge.train.config import GRPOConfig
+    from kojudge.train.grpo import train_grpo
+    from kojudge.train.toy import write_toy_task
+
+    model = make_tiny_model(tmp_path / "model", "qwen2", hidden_size=128, num_layers=2)
+    pairs, sft = write_toy_task(tmp_path / "task", num_pairs=16)
+    train_sft(SFTConfig(model=str(model), data=str(sft), output=str(tmp_path / "sft"), batch_size=8, max_steps=80,
+                        lr=3e-3, warmup_steps=3, save_every=1000), progress=False)
+    records = train_grpo(GRPOConfig(model=str(tmp_path / "sft" / "final"), data=str(pairs), output=str(tmp_path / "grpo"),
+                                    pairs_per_batch=4, rollouts=4, max_new_tokens=96, lr=5e-4, epochs=5,
+                                    save_every=1000), progress=False)
+    par = [r["par_reward"] for r in records]
+    assert len(par) == 20
+    assert sum(par[-5:]) / 5 > sum(par[:5]) / 5 + 0.15, par
+    assert records[-1]["valid_score_rate"] > 0.5  # the format survives the RL stage
+    assert kojudge.Engine(tmp_path / "grpo" / "final").config.hidden_size == 128
