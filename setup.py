@@ -17,6 +17,7 @@ setup(
         "numpy>=1.26",
         "tqdm>=4.66",
         "math-verify>=0.7",
+        "pyyaml>=6",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6"],

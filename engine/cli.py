@@ -124,6 +124,35 @@ def score(args: argparse.Namespace) -> None:
     _run_sharded(args, items, process)
 
 
+BENCHMARKS = {  # name -> (script, arguments); `kojudge bench` runs them in this order, then the report
+    "generate": [("bench_generate.py", []), ("bench_generate.py", ["--dtype", "bfloat16"])],
+    "tournament": [("bench_tournament.py", []), ("bench_tournament.py", ["--dtype", "bfloat16"])],
+    "logprobs": [("bench_logprobs.py", [])],
+    "simulation": [("simulate_tournaments.py", [])],
+    "sft": [("bench_sft.py", [])],
+    "grpo": [("bench_grpo.py", [])],
+}
+
+
+def bench(args: argparse.Namespace) -> None:
+    """Runs the benchmark scripts of a source checkout's bench/ and regenerates the README table."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    if not (bench_dir / "report.py").exists():
+        raise FileNotFoundError(f"{bench_dir}: kojudge bench runs the scripts of a source checkout's bench/ folder")
+    unknown = sorted(set(args.only or []) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
+    for name in args.only or BENCHMARKS:
+        for script, extra in BENCHMARKS[name]:
+            print(f"== {name}: {script} {' '.join(extra)}", flush=True)
+            subprocess.run([sys.executable, str(bench_dir / script), *extra], check=True)
+    subprocess.run([sys.executable, str(bench_dir / "report.py")], check=True)
+
+
 def train(args: argparse.Namespace) -> None:
     """SFT or GRPO-PAR from a YAML / JSON config; under torchrun, FSDP2 across the processes."""
     from kojudge.train.config import GRPOConfig, SFTConfig, load_train_config
@@ -177,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--batch", type=int, default=16, help="items per batch between writes")
     p.set_defaults(func=score)
+    p = sub.add_parser("bench", help="run the benchmarks in bench/ and regenerate the README's figures")
+    p.add_argument("--only", nargs="+", metavar="NAME", help=f"a subset of: {', '.join(BENCHMARKS)}")
+    p.set_defaults(func=bench)
     p = sub.add_parser("train", help="train a judge: sft | grpo (use torchrun for more than one process)")
     p.add_argument("stage", choices=["sft", "grpo"])
     p.add_argument("--config", required=True, help="YAML or JSON file with the stage's settings")
