@@ -5,18 +5,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 
-def read_jsonl(path: str | Path, fields: dict[str, type | tuple[type, ...]]) -> list[dict[str, Any]]:
-    """Every item of a JSONL file, checked up front so a bad line fails before any work starts.
-
-    `fields` maps required field names to their types; an item without "id" gets "line-N".
-    """
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; bad JSON names the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
-    items, seen = [], set()
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -27,21 +23,31 @@ def read_jsonl(path: str | Path, fields: dict[str, type | tuple[type, ...]]) -> 
                 raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(item, dict):
                 raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(item).__name__}")
-            for name, kind in fields.items():
-                if name not in item:
-                    raise ValueError(f"{path}:{line_no}: missing field '{name}'")
-                if not isinstance(item[name], kind):
-                    raise ValueError(f"{path}:{line_no}: field '{name}' has the wrong type ({type(item[name]).__name__})")
-                if isinstance(item[name], list):
-                    if not item[name]:
-                        raise ValueError(f"{path}:{line_no}: field '{name}' is empty")
-                    if not all(isinstance(x, str) for x in item[name]):
-                        raise ValueError(f"{path}:{line_no}: field '{name}' must be a list of strings")
-            item.setdefault("id", f"line-{line_no}")
-            if item["id"] in seen:
-                raise ValueError(f"{path}:{line_no}: duplicate id {item['id']!r}")
-            seen.add(item["id"])
-            items.append(item)
+            yield line_no, item
+
+
+def read_jsonl(path: str | Path, fields: dict[str, type | tuple[type, ...]]) -> list[dict[str, Any]]:
+    """Every item of a JSONL file, checked up front so a bad line fails before any work starts.
+
+    `fields` maps required field names to their types; an item without "id" gets "line-N".
+    """
+    items, seen = [], set()
+    for line_no, item in iter_jsonl(path):
+        for name, kind in fields.items():
+            if name not in item:
+                raise ValueError(f"{path}:{line_no}: missing field '{name}'")
+            if not isinstance(item[name], kind):
+                raise ValueError(f"{path}:{line_no}: field '{name}' has the wrong type ({type(item[name]).__name__})")
+            if isinstance(item[name], list):
+                if not item[name]:
+                    raise ValueError(f"{path}:{line_no}: field '{name}' is empty")
+                if not all(isinstance(x, str) for x in item[name]):
+                    raise ValueError(f"{path}:{line_no}: field '{name}' must be a list of strings")
+        item.setdefault("id", f"line-{line_no}")
+        if item["id"] in seen:
+            raise ValueError(f"{path}:{line_no}: duplicate id {item['id']!r}")
+        seen.add(item["id"])
+        items.append(item)
     return items
 
 

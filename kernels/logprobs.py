@@ -104,6 +104,19 @@ def chosen_logprobs_chunked(hidden: torch.Tensor, weight: torch.Tensor, targets:
 # ---- Triton ----------------------------------------------------------------------------------------
 
 @triton.jit
+def logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
+                BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr):
+    """hidden[rows] @ weight[cols].T accumulated over H in float32: a [BLOCK_T, BLOCK_V] tile."""
+    acc = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        ks = h0 + tl.arange(0, BLOCK_H)
+        a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
+        b = tl.load(w_ptr + cols[:, None] * stride_w + ks[None, :], mask=col_ok[:, None] & (ks[None, :] < H), other=0.0)
+        acc += tl.dot(a, tl.trans(b), input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def logprobs_forward_kernel(h_ptr, w_ptr, t_ptr, logp_ptr, lse_ptr, ent_ptr, T, V, H,
                             stride_h, stride_w, inv_temp,
                             BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -118,12 +131,8 @@ def logprobs_forward_kernel(h_ptr, w_ptr, t_ptr, logp_ptr, lse_ptr, ent_ptr, T, 
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        acc = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
-        for h0 in range(0, H, BLOCK_H):
-            ks = h0 + tl.arange(0, BLOCK_H)
-            a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
-            b = tl.load(w_ptr + cols[:, None] * stride_w + ks[None, :], mask=col_ok[:, None] & (ks[None, :] < H), other=0.0)
-            acc += tl.dot(a, tl.trans(b), input_precision=PRECISION)
+        acc = logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
+                          BLOCK_T, BLOCK_V, BLOCK_H, PRECISION)
         logits = tl.where(col_ok[None, :], acc * inv_temp, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, axis=1))
         scale = tl.exp(m - m_new)
@@ -151,12 +160,8 @@ def logprobs_grad_logits_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, dlogp_ptr, g_ptr, 
     cols = v_start + local
     row_ok = rows < T
     col_ok = (local < v_count) & (cols < V)
-    acc = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
-    for h0 in range(0, H, BLOCK_H):
-        ks = h0 + tl.arange(0, BLOCK_H)
-        a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
-        b = tl.load(w_ptr + cols[:, None] * stride_w + ks[None, :], mask=col_ok[:, None] & (ks[None, :] < H), other=0.0)
-        acc += tl.dot(a, tl.trans(b), input_precision=PRECISION)
+    acc = logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
+                      BLOCK_T, BLOCK_V, BLOCK_H, PRECISION)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     dlogp = tl.load(dlogp_ptr + rows, mask=row_ok, other=0.0)
     target = tl.load(t_ptr + rows, mask=row_ok, other=-1)

@@ -77,6 +77,15 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+def finish_step(record: dict, records: list[dict], log: MetricsLog, bar, shown: str) -> None:
+    """Log a step's record, keep it, and show `shown` on the progress bar."""
+    log.write(record)
+    records.append(record)
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix({shown: f"{record[shown]:.4f}"})
+
+
 def resume(module: TokenLogprobs, optimizer: torch.optim.Optimizer, output: str | Path) -> dict:
     """Load the newest training state under `output`, if any; its metadata, or a fresh start."""
     state_dir = latest_state(output)

@@ -2,32 +2,15 @@
 for GRPO-PAR (kept together through shuffling, batching and sharding)."""
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
+from kojudge.jobs import iter_jsonl
+
 IGNORE = -100
-
-
-def _read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object")
-            yield line_no, item
 
 
 @dataclass
@@ -59,7 +42,7 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]], where: str 
 
 def load_sft(path: str | Path, tokenizer, max_length: int) -> list[Example]:
     examples = []
-    for line_no, item in _read_jsonl(path):
+    for line_no, item in iter_jsonl(path):
         messages = item.get("messages")
         where = f"{path}:{line_no}"
         if not isinstance(messages, list) or not messages:
@@ -122,7 +105,7 @@ class PreferencePair:
 
 def load_pairs(path: str | Path) -> list[PreferencePair]:
     pairs, seen = [], set()
-    for line_no, item in _read_jsonl(path):
+    for line_no, item in iter_jsonl(path):
         where = f"{path}:{line_no}"
         for name in ("prompt", "chosen", "rejected"):
             if not isinstance(item.get(name), str):

@@ -115,7 +115,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
     """Runs (or resumes) GRPO-PAR; returns the metrics records written by this call."""
     from kojudge.engine import Engine
     from kojudge.pointwise import PointwiseJudge
-    from kojudge.train.common import (MetricsLog, apply_update, build_policy, checkpoint, compute_context,
+    from kojudge.train.common import (MetricsLog, apply_update, build_policy, checkpoint, compute_context, finish_step,
                                       learning_rate, make_optimizer, resume)
     from kojudge.train.checkpoint import full_weights
     from kojudge.train.data import load_pairs, pair_batches
@@ -189,11 +189,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
                   "valid_score_rate": all_reduce_sum(len(valid), world) / n_roll,
                   "pair_accuracy": all_reduce_sum(chosen_wins, world) / all_reduce_sum(len(batch), world),
                   "response_tokens": int(tokens), "seconds": time.perf_counter() - start}
-        log.write(record)
-        records.append(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{record['reward']:.3f}")
+        finish_step(record, records, log, bar, "reward")
         if step % cfg.save_every == 0 or step == total:
             checkpoint(module, optimizer, cfg.model, cfg.output, {"step": step}, rank, final=step == total)
     if bar is not None:

@@ -6,8 +6,8 @@ import time
 import torch
 
 from kojudge.tokenizer import Tokenizer
-from kojudge.train.common import (MetricsLog, apply_update, build_policy, checkpoint, compute_context, learning_rate,
-                                  make_optimizer, resume)
+from kojudge.train.common import (MetricsLog, apply_update, build_policy, checkpoint, compute_context, finish_step,
+                                  learning_rate, make_optimizer, resume)
 from kojudge.train.config import SFTConfig
 from kojudge.train.data import IGNORE, PackedBatch, load_sft, pack, sft_batches
 from kojudge.train.distributed import TokenLogprobs, all_reduce_sum, init_distributed
@@ -84,11 +84,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> list[dict]:
             module.eval()
             with compute_context(cfg.dtype, world):
                 record["eval_loss"] = evaluate(module, eval_examples, cfg.batch_size, rank, world)
-        log.write(record)
-        records.append(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
+        finish_step(record, records, log, bar, "loss")
         if step % cfg.save_every == 0 or step == total:
             checkpoint(module, optimizer, cfg.model, cfg.output, {"step": step}, rank, final=step == total)
     if bar is not None:
