@@ -60,6 +60,22 @@ class SharedPrefix:
 
 
 @dataclass
+class DecodeWorkspace:
+    """Contiguous copies of the decoding sequences' own keys and values, kept across steps.
+
+    While the set of decoding sequences stays the same, a step appends one key per row instead of
+    gathering every block again: on CPU that gather costs more than the attention itself. Filled from
+    the paged cache (`fresh`) whenever the set changes."""
+
+    request_ids: tuple[int, ...]
+    key_start: tuple[int, ...]
+    lengths: list[int]  # keys held per row, including this step's
+    k: list[torch.Tensor]  # per layer [kv_heads, B, capacity, d]
+    v: list[torch.Tensor]
+    fresh: bool = True
+
+
+@dataclass
 class PagedBatch:
     """Where one step's new tokens go and what they attend to. Decode tokens come first in the packing."""
 
@@ -69,6 +85,8 @@ class PagedBatch:
     decode_mask: torch.Tensor | None  # [B, 1, nb * block_size] bool: False past a sequence's context
     prefills: list[PrefillSpan]
     shared: list[SharedPrefix] = field(default_factory=list)
+    decode_workspace: DecodeWorkspace | None = None  # when set, decodes read it instead of gathering blocks
+    decode_write_cols: torch.Tensor | None = None  # [B] flat workspace slot of this step's key (append steps)
 
 
 def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
@@ -151,9 +169,20 @@ class PagedAttention:
         outputs, lses = [], []
         if b.num_decodes:
             # One query per sequence: batched matmuls beat SDPA on CPU here, and GQA needs no repeats.
-            out, lse = partial_attention(_grouped(q[: b.num_decodes], kv_heads),
-                                         k_blocks[:, b.decode_blocks].flatten(2, 3),
-                                         v_blocks[:, b.decode_blocks].flatten(2, 3), b.decode_mask)
+            ws = b.decode_workspace
+            if ws is None:
+                keys, values = k_blocks[:, b.decode_blocks].flatten(2, 3), v_blocks[:, b.decode_blocks].flatten(2, 3)
+            else:
+                if ws.fresh:  # this step's key is already in the cache: one gather brings everything
+                    width = b.decode_blocks.shape[1] * self.cache.block_size
+                    ws.k[layer][:, :, :width] = k_blocks[:, b.decode_blocks].flatten(2, 3)
+                    ws.v[layer][:, :, :width] = v_blocks[:, b.decode_blocks].flatten(2, 3)
+                else:  # append this step's key of every row at its flat position row * capacity + column
+                    ws.k[layer].flatten(1, 2).index_copy_(1, b.decode_write_cols, k[: b.num_decodes].transpose(0, 1))
+                    ws.v[layer].flatten(1, 2).index_copy_(1, b.decode_write_cols, v[: b.num_decodes].transpose(0, 1))
+                longest = max(ws.lengths)
+                keys, values = ws.k[layer][:, :, :longest], ws.v[layer][:, :, :longest]
+            out, lse = partial_attention(_grouped(q[: b.num_decodes], kv_heads), keys, values, b.decode_mask)
             outputs.append(_ungrouped(out))
             lses.append(_ungrouped(lse))
         for span in b.prefills:

@@ -3,16 +3,25 @@ from __future__ import annotations
 
 import torch
 
-from kojudge.attention import KVCache, PagedAttention, PagedBatch, PrefillSpan, SharedPrefix, TritonPagedAttention
+from kojudge.attention import (DecodeWorkspace, KVCache, PagedAttention, PagedBatch, PrefillSpan, SharedPrefix,
+                               TritonPagedAttention)
 from kojudge.model import Model
 from kojudge.sequence import Sequence
 
 
 class ModelRunner:
+    WORKSPACE_HEADROOM = 64  # decode steps a workspace can grow before it is rebuilt
+
     def __init__(self, model: Model, cache: KVCache, device: torch.device, cascade: bool = True,
-                 backend: str = "torch"):
+                 backend: str = "torch", workspace_bytes: int | None = None):
         self.model, self.cache, self.device, self.cascade = model, cache, device, cascade
         self.attention = TritonPagedAttention if backend == "triton" else PagedAttention
+        # The Triton kernels read pages directly; the torch path keeps a decode workspace up to half
+        # the KV pool's size unless told otherwise (0 disables it).
+        pool_bytes = cache.k.numel() * cache.k.element_size() * 2
+        self.workspace_bytes = 0 if backend == "triton" else (pool_bytes // 2 if workspace_bytes is None
+                                                              else workspace_bytes)
+        self.workspace: DecodeWorkspace | None = None
         self.block_size = cache.block_size
         self._offsets = torch.arange(self.block_size, device=device)
 
@@ -42,6 +51,33 @@ class ModelRunner:
             groups.append((members, common))
         return groups
 
+    def _decode_workspace(self, decodes: list[tuple[Sequence, int]], key_start: list[int], key_counts: list[int]
+                          ) -> tuple[DecodeWorkspace | None, torch.Tensor | None]:
+        """Reuse the workspace when the same sequences decode again one key further (append this step's
+        key at `write_cols`); otherwise a fresh one, if it fits the memory budget."""
+        if not self.workspace_bytes:
+            return None, None
+        ws = self.workspace
+        request_ids = tuple(s.request_id for s, _ in decodes)
+        if (ws is not None and ws.request_ids == request_ids and ws.key_start == tuple(key_start)
+                and all(n == held + 1 for n, held in zip(key_counts, ws.lengths))
+                and max(key_counts) <= ws.k[0].shape[2]):
+            capacity = ws.k[0].shape[2]
+            write_cols = torch.tensor([row * capacity + held for row, held in enumerate(ws.lengths)], device=self.device)
+            ws.lengths, ws.fresh = key_counts, False
+            return ws, write_cols
+        self.workspace = None  # free the old one before allocating
+        capacity = -(-(max(key_counts) + self.WORKSPACE_HEADROOM) // self.block_size) * self.block_size
+        kv_heads, _, d = self.cache.k.shape[1:]
+        layers = self.cache.k.shape[0]
+        if 2 * layers * kv_heads * len(decodes) * capacity * d * self.cache.k.element_size() > self.workspace_bytes:
+            return None, None
+        shape = (kv_heads, len(decodes), capacity, d)
+        # Zeros, not empty: masked columns get weight 0, and 0 * (a NaN bit pattern) would still be NaN.
+        new = lambda: [torch.zeros(shape, dtype=self.cache.k.dtype, device=self.device) for _ in range(layers)]  # noqa
+        self.workspace = DecodeWorkspace(request_ids, tuple(key_start), key_counts, new(), new())
+        return self.workspace, None
+
     def build(self, work: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
         """Pack the step's new tokens (single-token decodes first) and describe their attention."""
         bs, device = self.block_size, self.device
@@ -61,6 +97,7 @@ class ModelRunner:
                     key_start[m] = common * bs
         slot_mapping = []
         decode_blocks = decode_mask = None
+        workspace = write_cols = None
         if num_decodes:
             decodes = ordered[:num_decodes]
             context = [s.num_computed + 1 for s, _ in decodes]
@@ -69,9 +106,14 @@ class ModelRunner:
             decode_blocks = torch.tensor([blocks + [0] * (width - len(blocks)) for blocks in own], device=device)
             slot_mapping.append(torch.tensor([s.block_table[(c - 1) // bs] * bs + (c - 1) % bs
                                               for (s, _), c in zip(decodes, context)], device=device))
-            keys = torch.tensor([c - ks for c, ks in zip(context, key_start)], device=device)
-            if bool((keys != width * bs).any()):
-                decode_mask = (torch.arange(width * bs, device=device)[None, :] < keys[:, None])[:, None, :]
+            key_counts = [c - ks for c, ks in zip(context, key_start)]
+            workspace, write_cols = self._decode_workspace(decodes, key_start[:num_decodes], key_counts)
+            span = max(key_counts) if workspace is not None else width * bs
+            keys = torch.tensor(key_counts, device=device)
+            if bool((keys != span).any()):
+                decode_mask = (torch.arange(span, device=device)[None, :] < keys[:, None])[:, None, :]
+        else:
+            self.workspace = None
         spans, token_start = [], num_decodes
         for i in range(num_decodes, len(ordered)):
             seq, n = ordered[i]
@@ -93,7 +135,8 @@ class ModelRunner:
             if int(rows[-1] - rows[0]) == len(rows) - 1 and bool((rows.diff() == 1).all()):
                 rows = slice(int(rows[0]), int(rows[-1]) + 1)  # contiguous: a view, no gather
             shared.append(SharedPrefix(torch.tensor(ordered[members[0]][0].block_table[:common], device=device), rows))
-        batch = PagedBatch(torch.cat(slot_mapping), num_decodes, decode_blocks, decode_mask, spans, shared)
+        batch = PagedBatch(torch.cat(slot_mapping), num_decodes, decode_blocks, decode_mask, spans, shared,
+                           workspace, write_cols)
         return torch.tensor(ids, device=device), torch.tensor(positions, device=device), batch
 
     @torch.inference_mode()

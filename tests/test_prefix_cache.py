@@ -172,3 +172,20 @@ def test_triton_attention_backend_matches_torch(model_dirs):
         outs[backend] = [o.token_ids for o in engine.generate(prompts, params)]
         assert engine.stats()["cached_prompt_tokens"] > 0
     assert outs["triton"] == outs["torch"]
+
+
+def test_decode_workspace_appends_and_matches_block_gathers(model_dirs):
+    prompts = tournament_prompts(num_questions=2, matches=3, seed=13)
+    params = [SamplingParams(max_tokens=12 + 3 * i, ignore_eos=True) for i in range(len(prompts))]  # staggered ends
+    outs = {}
+    for budget in (None, 0):
+        engine = kojudge.Engine(model_dirs["qwen3-tied"], block_size=4)
+        engine.runner.workspace_bytes = engine.runner.workspace_bytes if budget is None else budget
+        rids = [engine.submit(p, sp) for p, sp in zip(prompts, params)]
+        done, appended = {}, False
+        while len(done) < len(rids):
+            done.update({o.request_id: o.token_ids for o in engine.step()})
+            appended |= engine.runner.workspace is not None and not engine.runner.workspace.fresh
+        assert appended == (budget is None)
+        outs[budget] = [done[r] for r in rids]
+    assert outs[None] == outs[0]
