@@ -41,7 +41,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.pool.release(seq.block_table)
         seq.block_table, seq.num_computed = [], 0
-        seq.num_registered_blocks, seq.prefix_node = 0, 0
+        seq.num_registered_blocks, seq.prefix_node = 0, ROOT
         seq.status = Status.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1

@@ -1,0 +1,104 @@
+"""A synthetic best-of-N task with checkable answers: multi-digit addition, worked column by column.
+
+Candidates are right or carry one slip. Slips cluster the way real model errors do: each problem has a
+few systematic slips (a dropped carry in one column, a digit misread in an operand, a column summed one
+off) with uneven weights, so several wrong candidates share a wrong answer and majority vote can fail.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+SLIP_KINDS = ("dropped_carry", "misread_digit", "column_off_by_one")
+
+
+@dataclass(frozen=True)
+class Slip:
+    kind: str
+    column: int  # 0 = units
+    digit: int = 0  # misread_digit: the digit read instead; column_off_by_one: +1 or -1
+
+
+@dataclass(frozen=True)
+class Problem:
+    a: int
+    b: int
+    digits: int
+
+    @property
+    def question(self) -> str:
+        return f"What is {self.a} + {self.b}?"
+
+    @property
+    def answer(self) -> int:
+        return self.a + self.b
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str
+    answer: int
+    correct: bool
+
+
+def _digits(n: int, width: int) -> list[int]:
+    return [(n // 10**i) % 10 for i in range(width)]
+
+
+def worked_solution(problem: Problem, slip: Slip | None = None) -> Candidate:
+    """Column-by-column addition with carries, optionally carrying one slip through to the answer."""
+    width = problem.digits
+    a, b = _digits(problem.a, width), _digits(problem.b, width)
+    if slip is not None and slip.kind == "misread_digit":
+        b[slip.column] = slip.digit
+    lines, carry, out = [], 0, []
+    for col in range(width):
+        total = a[col] + b[col] + carry
+        if slip is not None and slip.kind == "column_off_by_one" and col == slip.column:
+            total = max(0, total + slip.digit)
+        digit, new_carry = total % 10, total // 10
+        if slip is not None and slip.kind == "dropped_carry" and col == slip.column:
+            new_carry = 0
+        lines.append(f"Column {col + 1}: {a[col]} + {b[col]} + carry {carry} = {total}, write {digit}, carry {new_carry}.")
+        out.append(digit)
+        carry = new_carry
+    if carry:
+        out.append(carry)
+        lines.append(f"Final carry {carry}.")
+    answer = int("".join(map(str, reversed(out))))
+    text = "\n".join(lines) + f"\nThe answer is \\boxed{{{answer}}}."
+    return Candidate(text, answer, answer == problem.answer)
+
+
+def _possible_slips(problem: Problem, rng: random.Random) -> list[Slip]:
+    """Slips that change this problem's answer (a dropped carry needs a carry to drop)."""
+    width = problem.digits
+    slips = []
+    for col in range(width):
+        slips.append(Slip("dropped_carry", col))
+        slips.append(Slip("column_off_by_one", col, rng.choice((-1, 1))))
+        true_digit = _digits(problem.b, width)[col]
+        slips.append(Slip("misread_digit", col, rng.choice([d for d in range(10) if d != true_digit])))
+    return [s for s in slips if not worked_solution(problem, s).correct]
+
+
+def make_problem(rng: random.Random, digits: int = 4) -> Problem:
+    low, high = 10 ** (digits - 1), 10**digits - 1
+    return Problem(rng.randint(low, high), rng.randint(low, high), digits)
+
+
+def sample_candidates(problem: Problem, n: int, rng: random.Random, solve_rate: float | None = None,
+                      slips_per_problem: int = 3) -> list[Candidate]:
+    """n candidates: each right with the problem's solve rate, else one of the problem's systematic
+    slips drawn with uneven weights (so wrong answers repeat)."""
+    solve_rate = rng.betavariate(1.5, 1.5) if solve_rate is None else solve_rate
+    options = _possible_slips(problem, rng)
+    slips = rng.sample(options, min(slips_per_problem, len(options)))
+    weights = [rng.gammavariate(0.7, 1.0) + 1e-3 for _ in slips]
+    candidates = []
+    for _ in range(n):
+        if not slips or rng.random() < solve_rate:
+            candidates.append(worked_solution(problem))
+        else:
+            candidates.append(worked_solution(problem, rng.choices(slips, weights=weights)[0]))
+    return candidates

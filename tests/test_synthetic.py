@@ -1,0 +1,47 @@
+"""The synthetic addition task: exact arithmetic, slips that change the answer, clustered wrong answers."""
+import random
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kojudge.answers import extract_final_answer
+from kojudge.synthetic import Problem, Slip, make_problem, sample_candidates, worked_solution
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1000, 9999), st.integers(1000, 9999))
+def test_worked_solution_is_exact(a, b):
+    candidate = worked_solution(Problem(a, b, 4))
+    assert candidate.correct and candidate.answer == a + b
+    assert extract_final_answer(candidate.text) == str(a + b)
+
+
+def test_slips_change_the_answer_the_way_they_say():
+    p = Problem(1958, 2367, 4)  # carries out of the units, tens and hundreds columns
+    assert worked_solution(p, Slip("dropped_carry", 0)).answer == 4325 - 10
+    assert worked_solution(p, Slip("misread_digit", 3, 3)).answer == 4325 + 1000
+    assert worked_solution(p, Slip("column_off_by_one", 1, 1)).answer == 4325 + 10
+
+
+def test_wrong_answers_cluster_and_majority_vote_can_fail():
+    rng = random.Random(0)
+    repeated_wrong, majority_wrong_with_a_right_one, problems = 0, 0, 300
+    for _ in range(problems):
+        problem = make_problem(rng)
+        candidates = sample_candidates(problem, 8, rng)
+        wrong = Counter(c.answer for c in candidates if not c.correct)
+        assert len(wrong) <= 3  # a few systematic slips per problem
+        assert all(c.correct == (c.answer == problem.answer) for c in candidates)
+        repeated_wrong += any(count > 1 for count in wrong.values())
+        top, _ = Counter(c.answer for c in candidates).most_common(1)[0]
+        majority_wrong_with_a_right_one += top != problem.answer and any(c.correct for c in candidates)
+    assert repeated_wrong > problems // 3
+    assert majority_wrong_with_a_right_one > problems // 20  # room for a verifier to beat majority vote
+
+
+def test_candidates_are_deterministic_for_a_seed():
+    def draw(seed):
+        rng = random.Random(seed)
+        return [sample_candidates(make_problem(rng), 6, rng) for _ in range(5)]
+    assert draw(3) == draw(3) and draw(3) != draw(4)
