@@ -102,3 +102,36 @@ def sample_candidates(problem: Problem, n: int, rng: random.Random, solve_rate: 
         else:
             candidates.append(worked_solution(problem, rng.choices(slips, weights=weights)[0]))
     return candidates
+
+
+def reference_check(problem: Problem) -> str:
+    """The judge's own recomputation, written in a form no candidate uses (digits high to low, as a
+    table), so a judge trained on it cannot learn to copy a candidate's work."""
+    width = problem.digits
+    a, b = _digits(problem.a, width), _digits(problem.b, width)
+    carries, carry = [], 0
+    for col in range(width):
+        carries.append(carry)
+        carry = (a[col] + b[col] + carry) // 10
+    cells = [f"{a[c]}|{b[c]}|{carries[c]}" for c in reversed(range(width))]
+    return f"Recompute (a|b|carry-in per column, high to low): {' '.join(cells)} -> {problem.answer}"
+
+
+def _compare(label: str, answer: int, truth: int) -> str:
+    mine, theirs = str(truth), str(answer)
+    width = max(len(mine), len(theirs))
+    mine, theirs = mine.rjust(width, "_"), theirs.rjust(width, "_")
+    marks = "".join("=" if x == y else "x" for x, y in zip(mine, theirs))
+    return f"{label}: {theirs} vs {mine} [{marks}]"
+
+
+def judgment(problem: Problem, a: Candidate, b: Candidate) -> str:
+    """A PairJudge-format judgment: recompute, compare each answer digit by digit, then the verdict tags."""
+    verdict = {True: "Correct", False: "Incorrect"}
+    return "\n".join([
+        reference_check(problem),
+        _compare("Response A", a.answer, problem.answer),
+        _compare("Response B", b.answer, problem.answer),
+        f"<resp_a_judge>{verdict[a.correct]}</resp_a_judge>",
+        f"<resp_b_judge>{verdict[b.correct]}</resp_b_judge>",
+    ])

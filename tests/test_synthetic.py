@@ -45,3 +45,17 @@ def test_candidates_are_deterministic_for_a_seed():
         rng = random.Random(seed)
         return [sample_candidates(make_problem(rng), 6, rng) for _ in range(5)]
     assert draw(3) == draw(3) and draw(3) != draw(4)
+
+
+def test_judgments_recompute_in_their_own_form_and_parse_to_the_truth():
+    from kojudge.pairjudge import parse_verdict
+    from kojudge.synthetic import judgment, reference_check
+
+    rng = random.Random(5)
+    for _ in range(50):
+        problem = make_problem(rng)
+        a, b = sample_candidates(problem, 2, rng, solve_rate=0.5)
+        text = judgment(problem, a, b)
+        assert parse_verdict(text) == (a.correct, b.correct)
+        assert "Column" not in reference_check(problem)  # never the candidates' format
+        assert reference_check(problem).endswith(str(problem.answer))
