@@ -63,6 +63,7 @@ class Engine:
                                   backend=self.attention_backend)
         self.shared_generator = torch.Generator().manual_seed(seed)
         self._next_id = 0
+        self._unclaimed: list[RequestOutput] = []
         self._counters = dict(prompt_tokens=0, computed_prompt_tokens=0, generated_tokens=0)
 
     # ---- request intake -------------------------------------------------------------------------
@@ -104,10 +105,12 @@ class Engine:
 
     # ---- the loop -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one scheduler step; returns the requests that finished in it."""
+        """Run one scheduler step; returns the requests that finished in it (and any submitted
+        requests that finished inside a generate() call, which they were not part of)."""
+        held, self._unclaimed = self._unclaimed, []
         work = self.scheduler.schedule()
         if not work:
-            return []
+            return held
         sample_rows = [i for i, (seq, n) in enumerate(work) if seq.num_computed + n == seq.num_tokens]
         logits = self.runner.run(work, sample_rows) if sample_rows else None
         for seq, n in work:
@@ -116,7 +119,7 @@ class Engine:
             seq.num_computed += n
             self._register_full_blocks(seq)
         if logits is None:
-            return []
+            return held
         sampled = [work[i][0] for i in sample_rows]
         tokens = sample(logits, [s.params for s in sampled], [s.generator for s in sampled], self.shared_generator)
         want_logprobs = [i for i, s in enumerate(sampled) if s.params.logprobs]
@@ -134,7 +137,7 @@ class Engine:
             if self._check_finished(seq, token):
                 self.scheduler.finish(seq)
                 finished.append(self._output(seq))
-        return finished
+        return held + finished
 
     def _register_full_blocks(self, seq: Sequence) -> None:
         if not self.pool.enable_prefix_caching:
@@ -212,11 +215,13 @@ class Engine:
             if not self.scheduler.has_work():
                 raise RuntimeError(f"requests {sorted(pending)} were lost by the scheduler")
             for out in self.step():
-                if out.request_id in pending:
-                    pending.discard(out.request_id)
-                    results[out.request_id] = out
-                    if progress is not None:
-                        progress.update(1)
+                if out.request_id not in pending:
+                    self._unclaimed.append(out)  # someone else's submit(): the next step() hands it over
+                    continue
+                pending.discard(out.request_id)
+                results[out.request_id] = out
+                if progress is not None:
+                    progress.update(1)
         if progress is not None:
             progress.close()
         return [results[rid] for rid in request_ids]

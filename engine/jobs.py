@@ -94,10 +94,14 @@ def shard_path(output: Path, rank: int, world: int) -> Path:
     return output if world == 1 else output.with_name(f"{output.name}.rank{rank}-of-{world}")
 
 
-def merge_shards(output: Path, world: int, order: Iterable, poll_s: float = 0.5) -> None:
+def merge_shards(output: Path, world: int, order: Iterable, poll_s: float = 0.5, timeout_s: float = 24 * 3600) -> None:
     """Rank 0: wait until every rank marked its shard done, then write all records in input order."""
     shards = [shard_path(output, r, world) for r in range(world)]
+    deadline = time.monotonic() + timeout_s
     while not all(Path(f"{s}.done").exists() for s in shards):
+        if time.monotonic() > deadline:
+            missing = [str(s) for s in shards if not Path(f"{s}.done").exists()]
+            raise TimeoutError(f"ranks did not finish within {timeout_s:.0f}s: {missing} (rerun with --resume)")
         time.sleep(poll_s)
     records = {}
     for shard in shards:

@@ -180,3 +180,12 @@ def test_bad_sampling_params_are_refused():
         SamplingParams(top_p=0)
     with pytest.raises(ValueError, match="max_tokens"):
         SamplingParams(max_tokens=0)
+
+
+def test_submitted_request_finishing_inside_generate_is_handed_over(engines):
+    engine = engines["qwen2-untied"]
+    rid = engine.submit([5, 6, 7], SamplingParams(max_tokens=3, ignore_eos=True))
+    outs = engine.generate([[8, 9]], SamplingParams(max_tokens=20, ignore_eos=True))
+    assert len(outs[0].token_ids) == 20
+    handed = engine.step()
+    assert [o.request_id for o in handed] == [rid] and len(handed[0].token_ids) == 3
