@@ -40,11 +40,20 @@ def make_tokenizer(path: str | Path, vocab_size: int = 512):
     return tokenizer
 
 
+def make_char_tokenizer(path: str | Path):
+    """One token per byte plus ChatML specials: fixed-width digits, so a small judge compares numbers
+    digit by digit. It is a byte-level BPE without merges, so transformers' Qwen2 tokenizer class
+    (which AutoTokenizer rebuilds from the vocabulary) tokenizes exactly as tokenizer.json does."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    return make_tokenizer(path, vocab_size=len(ByteLevel.alphabet()) + len(SPECIAL_TOKENS))
+
+
 def make_tiny_model(path: str | Path, family: str = "qwen2", *, tie_word_embeddings: bool = True,
                     hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, num_kv_heads: int = 2,
                     intermediate_size: int = 128, vocab_size: int = 512, max_position_embeddings: int = 2048,
                     head_dim: int | None = None, initializer_range: float = 0.1, seed: int = 0,
-                    max_shard_size: str | None = None, **config_overrides) -> Path:
+                    max_shard_size: str | None = None, char_tokenizer: bool = False, **config_overrides) -> Path:
     """Write a random model of `family` (qwen2 | qwen3 | llama) and its tokenizer to `path`.
 
     A wider initializer than the default keeps the random model's next-token distribution peaked, so
@@ -54,7 +63,7 @@ def make_tiny_model(path: str | Path, family: str = "qwen2", *, tie_word_embeddi
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = make_tokenizer(path, vocab_size)
+    tokenizer = make_char_tokenizer(path) if char_tokenizer else make_tokenizer(path, vocab_size)
     config_cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}[family]
     extra = {"head_dim": head_dim} if head_dim else {}
     config = config_cls(

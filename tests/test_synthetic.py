@@ -59,3 +59,30 @@ def test_judgments_recompute_in_their_own_form_and_parse_to_the_truth():
         assert parse_verdict(text) == (a.correct, b.correct)
         assert "Column" not in reference_check(problem)  # never the candidates' format
         assert reference_check(problem).endswith(str(problem.answer))
+
+
+def test_char_tokenizer_is_one_token_per_character_in_kojudge_and_transformers(tmp_path):
+    from transformers import AutoTokenizer
+
+    import kojudge
+    from kojudge.tiny import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "m", "qwen2", char_tokenizer=True)
+    ours, hf = kojudge.Engine(path).tokenizer, AutoTokenizer.from_pretrained(path)
+    text = "Column 2: 7 + 6 + carry 0 = 13, write 3.\n\\boxed{6434} <resp_a_judge>Correct</resp_a_judge>"
+    ids = ours.encode(text)
+    assert len(ids) == len(text) and ids == hf.encode(text) and ours.decode(ids) == text
+
+
+def test_demo_judge_data_pairs_different_answers_with_true_verdicts():
+    from kojudge.pairjudge import parse_verdict
+    from kojudge.train.demo_judge import judge_conversations
+
+    conversations = judge_conversations(40, seed=1)
+    truths = []
+    for system, user, assistant in conversations:
+        assert system["content"] == "You are a helpful assistant." and "{response_a}" not in user["content"]
+        verdict = parse_verdict(assistant["content"])
+        assert None not in verdict
+        truths.extend(verdict)
+    assert 0.2 < sum(truths) / len(truths) < 0.8  # both labels are well represented
