@@ -7,17 +7,30 @@ import time
 
 
 def demo(args: argparse.Namespace) -> None:
-    """Smoke run: make a tiny random model, generate a batch with continuous batching, print stats."""
+    """Best-of-N with the shipped (or given) judge on held-out synthetic questions; without a judge,
+    a generation smoke run on a tiny random model."""
+    from kojudge.demo import SHIPPED_JUDGE, run_demo
+
+    judge = args.judge or (SHIPPED_JUDGE if (SHIPPED_JUDGE / "judge_template.md").exists() else None)
+    if judge is not None:
+        print(run_demo(judge, questions=args.questions, n=args.n, seed=args.seed, dtype=args.dtype).table())
+        return
+    print("no trained demo judge is shipped yet: running a generation smoke test on a tiny random model")
+    smoke(args)
+
+
+def smoke(args: argparse.Namespace) -> None:
+    """Make a tiny random model, generate a batch with continuous batching, print stats."""
     from kojudge import Engine, SamplingParams
     from kojudge.tiny import make_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model or make_tiny_model(tmp, "qwen2", hidden_size=128, num_layers=4, num_heads=4,
-                                                  num_kv_heads=2, intermediate_size=256)
+        model_dir = make_tiny_model(tmp, "qwen2", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                                    intermediate_size=256)
         engine = Engine(model_dir, dtype=args.dtype)
         template = "Question {i}: compare the two responses step by step and give the final answer."
-        prompts = [template.format(i=i) for i in range(args.num_prompts)]
-        params = SamplingParams(max_tokens=args.max_tokens, ignore_eos=True)
+        prompts = [template.format(i=i) for i in range(64)]
+        params = SamplingParams(max_tokens=64, ignore_eos=True)
         start = time.perf_counter()
         outs = engine.generate(prompts, params, use_tqdm=True)
         elapsed = time.perf_counter() - start
@@ -170,11 +183,12 @@ def train(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="kojudge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="run the built-in demo (for now: a generation smoke run on a tiny model)")
-    p.add_argument("--model", help="local HF model directory (default: a tiny random model made on the fly)")
+    p = sub.add_parser("demo", help="best-of-N with the demo judge on held-out synthetic questions")
+    p.add_argument("--judge", help="a judge directory with judge_template.md (default: the shipped one)")
+    p.add_argument("--questions", type=int, default=200)
+    p.add_argument("--n", type=int, default=8, help="candidates per question")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--num-prompts", type=int, default=64)
-    p.add_argument("--max-tokens", type=int, default=64)
     p.set_defaults(func=demo)
 
     def job_parser(name: str, help_text: str) -> argparse.ArgumentParser:

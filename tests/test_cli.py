@@ -98,3 +98,17 @@ def test_torchrun_style_sharding_merges_in_input_order(tmp_path, model_dirs):
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"q{i}" for i in range(5)]
+
+
+def test_demo_runs_the_knockout_with_a_judge_directory(tmp_path):
+    from kojudge.demo import run_demo
+    from kojudge.tiny import make_tiny_model
+    from kojudge.train.demo_judge import TEMPLATE
+
+    judge = make_tiny_model(tmp_path / "judge", "qwen2", char_tokenizer=True)
+    (judge / "judge_template.md").write_text(TEMPLATE)
+    report = run_demo(judge, questions=4, n=4, max_tokens=16, progress=False)
+    assert set(report.accuracy) == {"knockout", "random pick", "answer majority vote", "oracle"}
+    assert report.accuracy["oracle"] >= report.accuracy["knockout"]
+    assert 0 < report.judge_calls <= 4 * 3 and report.cached_ratio > 0  # the chat header is shared
+    assert "judge calls/s" in report.table()

@@ -1,0 +1,82 @@
+"""`kojudge demo`: best-of-N on held-out synthetic additions with a small trained judge.
+
+Every question's knockout runs through the engine at once (PairJudge.best_of_n_many); the table
+compares the knockout's pick with a random pick, answer majority vote and the oracle.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+HELD_OUT_SEED = 10_000  # training data uses other seeds
+SHIPPED_JUDGE = Path(__file__).parent / "demo_judge"
+
+
+@dataclass
+class DemoReport:
+    questions: int
+    n: int
+    accuracy: dict[str, float]
+    judge_calls: int
+    seconds: float
+    cached_ratio: float  # prompt tokens served from the prefix cache / all prompt tokens
+    verdict_accuracy: dict[str, float]  # on truly correct and truly wrong candidates
+
+    def table(self) -> str:
+        rows = [f"best-of-{self.n} accuracy on {self.questions} held-out questions"]
+        rows += [f"  {name:<22s} {value:.3f}" for name, value in self.accuracy.items()]
+        rows += [f"  judge calls            {self.judge_calls} ({self.judge_calls / self.questions:.1f} per question)",
+                 f"  judge calls/s          {self.judge_calls / self.seconds:.2f}",
+                 f"  cached prompt tokens   {100 * self.cached_ratio:.0f}%"]
+        rows += [f"  verdicts right on {name:<5s} {value:.3f}" for name, value in self.verdict_accuracy.items()]
+        return "\n".join(rows)
+
+
+def run_demo(judge_dir: str | Path, questions: int = 200, n: int = 8, seed: int = 0, dtype: str = "float32",
+             max_tokens: int = 400, progress: bool = True) -> DemoReport:
+    from kojudge.engine import Engine
+    from kojudge.pairjudge import STOP, PairJudge
+    from kojudge.sampling import SamplingParams
+    from kojudge.synthetic import make_problem, sample_candidates
+
+    judge_dir = Path(judge_dir)
+    rng = random.Random(HELD_OUT_SEED + seed)
+    problems = [make_problem(rng) for _ in range(questions)]
+    candidates = [sample_candidates(p, n, rng) for p in problems]
+    engine = Engine(judge_dir, dtype=dtype)
+    judge = PairJudge(engine, template=judge_dir / "judge_template.md",
+                      params=SamplingParams(max_tokens=max_tokens, stop=[STOP], include_stop_str_in_output=True))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=questions, desc="demo", unit="question")
+    start = time.perf_counter()
+    results = judge.best_of_n_many([(p.question, [c.text for c in cs]) for p, cs in zip(problems, candidates)],
+                                   seed=seed, on_result=(lambda i, r: bar.update(1)) if bar else None)
+    seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    pick_rng = random.Random(seed)
+    accuracy = Counter()
+    verdicts = {"right": [], "wrong": []}
+    for problem, cs, best in zip(problems, candidates, results):
+        accuracy["knockout"] += cs[best.winner].correct
+        accuracy["random pick"] += pick_rng.choice(cs).correct
+        top = Counter(c.answer for c in cs).most_common(1)[0][0]
+        accuracy["answer majority vote"] += top == problem.answer
+        accuracy["oracle"] += any(c.correct for c in cs)
+        for judged in best.judgments:
+            for index, said in zip((judged["a"], judged["b"]), judged["verdict"]):
+                truth = cs[index].correct
+                verdicts["right" if truth else "wrong"].append(said is truth)
+    stats = engine.stats()
+    return DemoReport(
+        questions=questions, n=n, accuracy={k: v / questions for k, v in accuracy.items()},
+        judge_calls=sum(r.judge_calls for r in results), seconds=seconds,
+        cached_ratio=stats["cached_prompt_tokens"] / max(1, stats["prompt_tokens"]),
+        verdict_accuracy={k: sum(v) / len(v) for k, v in verdicts.items() if v},
+    )
