@@ -30,6 +30,11 @@ class ModelRunner:
         return (block_table[:, None] * self.block_size + self._offsets).flatten()[start:end]
 
     @staticmethod
+    def packing_order(work: list[tuple[Sequence, int]]) -> list[int]:
+        """Indices into `work` in the order their tokens are packed: single-token decodes first."""
+        return [i for i, (_, n) in enumerate(work) if n == 1] + [i for i, (_, n) in enumerate(work) if n > 1]
+
+    @staticmethod
     def shared_prefixes(tables: list[list[int]], usable: list[int]) -> list[tuple[list[int], int]]:
         """Groups of >= 2 sequences whose block tables start with the same physical blocks:
         (member indices, number of shared blocks), counting only blocks each member has fully computed."""
@@ -81,7 +86,7 @@ class ModelRunner:
     def build(self, work: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
         """Pack the step's new tokens (single-token decodes first) and describe their attention."""
         bs, device = self.block_size, self.device
-        ordered = [w for w in work if w[1] == 1] + [w for w in work if w[1] > 1]
+        ordered = [work[i] for i in self.packing_order(work)]
         num_decodes = sum(1 for _, n in work if n == 1)
         ids: list[int] = []
         positions: list[int] = []
@@ -147,10 +152,8 @@ class ModelRunner:
         """
         input_ids, positions, batch = self.build(work)
         hidden = self.model(input_ids, positions, self.attention(self.cache, batch))
-        # Packed order is decodes first; map each work entry to the row of its last new token.
-        order = [i for i, (_, n) in enumerate(work) if n == 1] + [i for i, (_, n) in enumerate(work) if n > 1]
         last_row, end = {}, 0
-        for i in order:
+        for i in self.packing_order(work):
             end += work[i][1]
             last_row[i] = end - 1
         rows = torch.tensor([last_row[i] for i in sample_rows], device=self.device)

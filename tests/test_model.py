@@ -63,7 +63,7 @@ def test_paged_chunked_logits_match_transformers(name, model_dirs, hf_models):
         ids, pos, batch = runner.build(work)
         with torch.no_grad():
             logits = model.logits(model(ids, pos, PagedAttention(cache, batch)))
-        order = [w for w in work if w[1] == 1] + [w for w in work if w[1] > 1]
+        order = [work[i] for i in runner.packing_order(work)]
         row = 0
         for s, n in order:
             got[s.request_id].append(logits[row: row + n])
