@@ -1,7 +1,8 @@
 """`kojudge demo`: best-of-N on held-out synthetic additions with a small trained judge.
 
 Every question's knockout runs through the engine at once (PairJudge.best_of_n_many); the table
-compares the knockout's pick with a random pick, answer majority vote and the oracle.
+compares the knockout's pick with a random pick, answer majority vote, the pointwise mean vote (each
+distinct candidate scored 0-10 by sampled PointwiseJudge rollouts, highest mean wins) and the oracle.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class DemoReport:
 
 
 def run_demo(judge_dir: str | Path, questions: int = 200, n: int = 8, seed: int = 0, dtype: str = "float32",
-             max_tokens: int = 400, progress: bool = True) -> DemoReport:
+             max_tokens: int = 400, pointwise_samples: int = 4, progress: bool = True) -> DemoReport:
     from kojudge.engine import Engine
     from kojudge.pairjudge import STOP, PairJudge
     from kojudge.sampling import SamplingParams
@@ -60,23 +61,42 @@ def run_demo(judge_dir: str | Path, questions: int = 200, n: int = 8, seed: int 
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
+    stats = engine.stats()
+    pointwise_picks = _pointwise_picks(engine, judge_dir, problems, candidates, pointwise_samples, max_tokens, seed)
     pick_rng = random.Random(seed)
     accuracy = Counter()
     verdicts = {"right": [], "wrong": []}
-    for problem, cs, best in zip(problems, candidates, results):
+    for problem, cs, best, pointwise_pick in zip(problems, candidates, results, pointwise_picks):
         accuracy["knockout"] += cs[best.winner].correct
         accuracy["random pick"] += pick_rng.choice(cs).correct
         top = Counter(c.answer for c in cs).most_common(1)[0][0]
         accuracy["answer majority vote"] += top == problem.answer
+        accuracy["pointwise mean vote"] += cs[pointwise_pick].correct
         accuracy["oracle"] += any(c.correct for c in cs)
         for judged in best.judgments:
             for index, said in zip((judged["a"], judged["b"]), judged["verdict"]):
                 truth = cs[index].correct
                 verdicts["right" if truth else "wrong"].append(said is truth)
-    stats = engine.stats()
     return DemoReport(
         questions=questions, n=n, accuracy={k: v / questions for k, v in accuracy.items()},
         judge_calls=sum(r.judge_calls for r in results), seconds=seconds,
         cached_ratio=stats["cached_prompt_tokens"] / max(1, stats["prompt_tokens"]),
         verdict_accuracy={k: sum(v) / len(v) for k, v in verdicts.items() if v},
     )
+
+
+def _pointwise_picks(engine, judge_dir: Path, problems, candidates, samples: int, max_tokens: int,
+                     seed: int) -> list[int]:
+    """Per question, the candidate with the highest mean pointwise score (unparseable rollouts count
+    as 0; ties go to the earliest). Identical candidates are scored once."""
+    from kojudge.pointwise import PointwiseJudge
+    from kojudge.sampling import SamplingParams
+
+    scorer = PointwiseJudge(engine, template=judge_dir / "pointwise_template.md",
+                            params=SamplingParams(max_tokens=max_tokens, temperature=1.0, stop=["</answer>"],
+                                                  include_stop_str_in_output=True))
+    items = sorted({(p.question, c.text) for p, cs in zip(problems, candidates) for c in cs})
+    scored = scorer.score_many(items, n=samples, domain="math", seed=seed)
+    mean = {item: sum(s or 0.0 for s in result.rollout_scores) / samples for item, result in zip(items, scored)}
+    return [max(range(len(cs)), key=lambda i: (mean[(p.question, cs[i].text)], -i))
+            for p, cs in zip(problems, candidates)]

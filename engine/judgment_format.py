@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import NamedTuple
 
 POINTWISE_TAGS = ("think", "generate_rubrics", "eval", "answer")
@@ -28,6 +29,21 @@ def fill_placeholders(template: str, values: dict[str, str]) -> str:
     """Replace each {name} of `values` in one pass over the template; other braces stay as they are."""
     pattern = re.compile(r"\{(" + "|".join(map(re.escape, values)) + r")\}")
     return pattern.sub(lambda m: values[m.group(1)], template)
+
+
+def read_template(path: str | Path, placeholders: tuple[str, ...]) -> str:
+    """A judge template from a file; every one of `placeholders` must appear in it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"template file not found: {path}")
+    return check_placeholders(path.read_text(encoding="utf-8"), placeholders, str(path))
+
+
+def check_placeholders(text: str, placeholders: tuple[str, ...], where: str) -> str:
+    missing = [p for p in placeholders if "{" + p + "}" not in text]
+    if missing:
+        raise ValueError(f"{where}: placeholder(s) {', '.join('{' + p + '}' for p in missing)} missing")
+    return text
 
 
 class PointwiseParse(NamedTuple):

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from kojudge.answers import answer_teams
 from kojudge.engine import Engine
-from kojudge.judgment_format import fill_placeholders
+from kojudge.judgment_format import check_placeholders, fill_placeholders, read_template
 from kojudge.sampling import SamplingParams
 from kojudge.tournament import FORMATS, TournamentResult, Verdict
 
@@ -30,16 +30,9 @@ STOP = "</resp_b_judge>"
 def load_template(path: str | Path | None = None) -> str:
     """The shipped default template, or one from a file; every placeholder must be present."""
     if path is None:
-        text, where = resources.files("kojudge").joinpath("templates/pairjudge.md").read_text(), "default template"
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"template file not found: {path}")
-        text, where = path.read_text(encoding="utf-8"), str(path)
-    missing = [p for p in PLACEHOLDERS if "{" + p + "}" not in text]
-    if missing:
-        raise ValueError(f"{where}: placeholder(s) {', '.join('{' + p + '}' for p in missing)} missing")
-    return text
+        text = resources.files("kojudge").joinpath("templates/pairjudge.md").read_text()
+        return check_placeholders(text, PLACEHOLDERS, "default template")
+    return read_template(path, PLACEHOLDERS)
 
 
 def fill_template(template: str, question: str, response_a: str, response_b: str) -> str:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from kojudge.engine import Engine
-from kojudge.judgment_format import fill_placeholders, parse_pairwise_choice, parse_pointwise
+from kojudge.judgment_format import fill_placeholders, parse_pairwise_choice, parse_pointwise, read_template
 from kojudge.sampling import SamplingParams
 
 # Our own wording of the primary criteria and score bands for each domain.
@@ -115,14 +116,19 @@ def vote(scores: Sequence[float | None], method: str = "mean") -> float | None:
     raise ValueError(f"vote must be 'mean' or 'majority', got {method!r}")
 
 
-def pointwise_text(rubric: str, prompt: str, response: str) -> str:
-    return fill_placeholders(POINTWISE_TEMPLATE, {"rubric": rubric, "prompt": prompt, "response": response})
+def pointwise_text(rubric: str, prompt: str, response: str, template: str = POINTWISE_TEMPLATE) -> str:
+    return fill_placeholders(template, {"rubric": rubric, "prompt": prompt, "response": response})
 
 
 class PointwiseJudge:
-    def __init__(self, engine: Engine, rubrics: dict[str, str] | None = None, params: SamplingParams | None = None):
+    """template: a file with {prompt} and {response} (and {rubric} where the rubric goes) replacing
+    the PaTaRM pointwise template, e.g. a judge trained on a compact format of its own."""
+
+    def __init__(self, engine: Engine, rubrics: dict[str, str] | None = None, params: SamplingParams | None = None,
+                 template: str | Path | None = None):
         self.engine = engine
         self.rubrics = {**PRIMARY_RUBRICS, **(rubrics or {})}
+        self.template = POINTWISE_TEMPLATE if template is None else read_template(template, ("prompt", "response"))
         self.params = params or SamplingParams(max_tokens=1024, temperature=0.8, top_p=0.95, stop=["</answer>"],
                                                include_stop_str_in_output=True)
 
@@ -133,7 +139,7 @@ class PointwiseJudge:
 
     def pointwise_text(self, prompt: str, response: str, domain: str = "chat") -> str:
         """The user turn of a pointwise judgment (what SFT data for the judge should contain)."""
-        return pointwise_text(self._rubric(domain), prompt, response)
+        return pointwise_text(self._rubric(domain), prompt, response, self.template)
 
     def pointwise_prompt(self, prompt: str, response: str, domain: str = "chat") -> list[int]:
         return self.engine.tokenizer.apply_chat_template([{"role": "user", "content": self.pointwise_text(

@@ -46,7 +46,8 @@ def _digits(n: int, width: int) -> list[int]:
 
 
 def worked_solution(problem: Problem, slip: Slip | None = None) -> Candidate:
-    """Column-by-column addition with carries, optionally carrying one slip through to the answer."""
+    """Column-by-column addition with carries, optionally carrying one slip through to the answer.
+    Short lines keep judge prompts short: a tiny judge trains on this machine in minutes."""
     width = problem.digits
     a, b = _digits(problem.a, width), _digits(problem.b, width)
     if slip is not None and slip.kind == "misread_digit":
@@ -59,14 +60,13 @@ def worked_solution(problem: Problem, slip: Slip | None = None) -> Candidate:
         digit, new_carry = total % 10, total // 10
         if slip is not None and slip.kind == "dropped_carry" and col == slip.column:
             new_carry = 0
-        lines.append(f"Column {col + 1}: {a[col]} + {b[col]} + carry {carry} = {total}, write {digit}, carry {new_carry}.")
+        lines.append(f"col {col + 1}: {a[col]}+{b[col]}+{carry}={total}, carry {new_carry}")
         out.append(digit)
         carry = new_carry
     if carry:
         out.append(carry)
-        lines.append(f"Final carry {carry}.")
     answer = int("".join(map(str, reversed(out))))
-    text = "\n".join(lines) + f"\nThe answer is \\boxed{{{answer}}}."
+    text = "\n".join(lines) + f"\nanswer \\boxed{{{answer}}}"
     return Candidate(text, answer, answer == problem.answer)
 
 
@@ -105,24 +105,26 @@ def sample_candidates(problem: Problem, n: int, rng: random.Random, solve_rate: 
 
 
 def reference_check(problem: Problem) -> str:
-    """The judge's own recomputation, written in a form no candidate uses (digits high to low, as a
-    table), so a judge trained on it cannot learn to copy a candidate's work."""
+    """The judge's own recomputation, in a form no candidate uses (so a judge trained on it cannot learn
+    to copy a candidate's work): one [a|b|carry-in:digit] cell per column, units first, each cell
+    needing only the question and the cell before it, then the sum written high to low."""
     width = problem.digits
     a, b = _digits(problem.a, width), _digits(problem.b, width)
-    carries, carry = [], 0
+    cells, carry = [], 0
     for col in range(width):
-        carries.append(carry)
-        carry = (a[col] + b[col] + carry) // 10
-    cells = [f"{a[c]}|{b[c]}|{carries[c]}" for c in reversed(range(width))]
-    return f"Recompute (a|b|carry-in per column, high to low): {' '.join(cells)} -> {problem.answer}"
+        total = a[col] + b[col] + carry
+        cells.append(f"[{a[col]}|{b[col]}|{carry}:{total % 10}]")
+        carry = total // 10
+    return f"check {''.join(cells)} = {problem.answer}"
 
 
-def _compare(label: str, answer: int, truth: int) -> str:
+def _compare(answer: int, truth: int) -> str:
+    """Side by side, right-aligned, one mark per digit: = same, x different."""
     mine, theirs = str(truth), str(answer)
     width = max(len(mine), len(theirs))
     mine, theirs = mine.rjust(width, "_"), theirs.rjust(width, "_")
     marks = "".join("=" if x == y else "x" for x, y in zip(mine, theirs))
-    return f"{label}: {theirs} vs {mine} [{marks}]"
+    return f"{theirs} vs {mine} {marks}"
 
 
 def judgment(problem: Problem, a: Candidate, b: Candidate) -> str:
@@ -130,8 +132,25 @@ def judgment(problem: Problem, a: Candidate, b: Candidate) -> str:
     verdict = {True: "Correct", False: "Incorrect"}
     return "\n".join([
         reference_check(problem),
-        _compare("Response A", a.answer, problem.answer),
-        _compare("Response B", b.answer, problem.answer),
+        f"A {_compare(a.answer, problem.answer)}",
+        f"B {_compare(b.answer, problem.answer)}",
         f"<resp_a_judge>{verdict[a.correct]}</resp_a_judge>",
         f"<resp_b_judge>{verdict[b.correct]}</resp_b_judge>",
     ])
+
+
+def pointwise_score(candidate: Candidate, problem: Problem) -> int:
+    """10 for the right sum; a wrong one gets at most 3, one point per matching digit."""
+    if candidate.correct:
+        return 10
+    mine, theirs = str(problem.answer), str(candidate.answer)
+    width = max(len(mine), len(theirs))
+    return min(3, sum(x == y for x, y in zip(mine.rjust(width), theirs.rjust(width))))
+
+
+def pointwise_judgment(problem: Problem, candidate: Candidate) -> str:
+    """A PaTaRM-format judgment of one candidate: recompute, a rubric, the comparison, a 0-10 score."""
+    return (f"<think>{reference_check(problem)}</think>"
+            f"<generate_rubrics>every digit must match</generate_rubrics>"
+            f"<eval>{_compare(candidate.answer, problem.answer)}</eval>"
+            f"<answer>{pointwise_score(candidate, problem)}</answer>")

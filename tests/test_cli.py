@@ -103,12 +103,12 @@ def test_torchrun_style_sharding_merges_in_input_order(tmp_path, model_dirs):
 def test_demo_runs_the_knockout_with_a_judge_directory(tmp_path):
     from kojudge.demo import run_demo
     from kojudge.tiny import make_tiny_model
-    from kojudge.train.demo_judge import TEMPLATE
+    from kojudge.train.demo_judge import write_templates
 
     judge = make_tiny_model(tmp_path / "judge", "qwen2", char_tokenizer=True)
-    (judge / "judge_template.md").write_text(TEMPLATE)
-    report = run_demo(judge, questions=4, n=4, max_tokens=16, progress=False)
-    assert set(report.accuracy) == {"knockout", "random pick", "answer majority vote", "oracle"}
+    write_templates(judge)
+    report = run_demo(judge, questions=4, n=4, max_tokens=16, pointwise_samples=2, progress=False)
+    assert set(report.accuracy) == {"knockout", "random pick", "answer majority vote", "pointwise mean vote", "oracle"}
     assert report.accuracy["oracle"] >= report.accuracy["knockout"]
     assert 0 < report.judge_calls <= 4 * 3 and report.cached_ratio > 0  # the chat header is shared
     assert "judge calls/s" in report.table()

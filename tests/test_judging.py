@@ -186,3 +186,18 @@ def test_best_of_n_many_on_a_real_engine_uses_the_prefix_cache(model_dirs):
     assert stats["cached_prompt_tokens"] > stats["computed_prompt_tokens"]  # the template is computed once
     with pytest.raises(ValueError, match="item 0: the candidate list is empty"):
         judge.best_of_n_many([("q", [])])
+
+
+def test_pointwise_judge_takes_a_template_file(tmp_path, engines):
+    from kojudge.pointwise import PointwiseJudge
+
+    engine = engines["qwen2-untied"]
+    good, bad = tmp_path / "good.md", tmp_path / "bad.md"
+    good.write_text("Q: {prompt}\nR: {response}\nScore it.")
+    bad.write_text("Q: {prompt}\nScore it.")
+    judge = PointwiseJudge(engine, template=good)
+    assert judge.pointwise_text("2+2?", "{prompt} 4", domain="math") == "Q: 2+2?\nR: {prompt} 4\nScore it."
+    with pytest.raises(ValueError, match=r"bad\.md: placeholder\(s\) \{response\} missing"):
+        PointwiseJudge(engine, template=bad)
+    with pytest.raises(FileNotFoundError, match="missing.md"):
+        PointwiseJudge(engine, template=tmp_path / "missing.md")

@@ -57,7 +57,7 @@ def test_judgments_recompute_in_their_own_form_and_parse_to_the_truth():
         a, b = sample_candidates(problem, 2, rng, solve_rate=0.5)
         text = judgment(problem, a, b)
         assert parse_verdict(text) == (a.correct, b.correct)
-        assert "Column" not in reference_check(problem)  # never the candidates' format
+        assert "col" not in reference_check(problem) and "+" not in reference_check(problem)  # never the candidates' form
         assert reference_check(problem).endswith(str(problem.answer))
 
 
@@ -69,7 +69,7 @@ def test_char_tokenizer_is_one_token_per_character_in_kojudge_and_transformers(t
 
     path = make_tiny_model(tmp_path / "m", "qwen2", char_tokenizer=True)
     ours, hf = kojudge.Engine(path).tokenizer, AutoTokenizer.from_pretrained(path)
-    text = "Column 2: 7 + 6 + carry 0 = 13, write 3.\n\\boxed{6434} <resp_a_judge>Correct</resp_a_judge>"
+    text = "col 2: 7+6+0=13, carry 1\nanswer \\boxed{6434} <resp_a_judge>Correct</resp_a_judge>"
     ids = ours.encode(text)
     assert len(ids) == len(text) and ids == hf.encode(text) and ours.decode(ids) == text
 
@@ -86,3 +86,30 @@ def test_demo_judge_data_pairs_different_answers_with_true_verdicts():
         assert None not in verdict
         truths.extend(verdict)
     assert 0.2 < sum(truths) / len(truths) < 0.8  # both labels are well represented
+
+
+def test_pointwise_judgments_score_right_answers_ten_and_wrong_ones_low():
+    from kojudge.judgment_format import parse_pointwise
+    from kojudge.synthetic import pointwise_judgment, pointwise_score
+    from kojudge.train.demo_judge import pointwise_conversations
+
+    rng = random.Random(2)
+    for _ in range(50):
+        problem = make_problem(rng)
+        for candidate in sample_candidates(problem, 4, rng, solve_rate=0.5):
+            parsed = parse_pointwise(pointwise_judgment(problem, candidate))
+            assert parsed.format_reward == 0 and parsed.score == pointwise_score(candidate, problem)
+            assert (parsed.score == 10) == candidate.correct and (candidate.correct or parsed.score <= 3)
+    scores = [parse_pointwise(c[-1]["content"]).score for c in pointwise_conversations(60, seed=3)]
+    assert 0.3 < sum(s == 10 for s in scores) / len(scores) < 0.7
+
+
+def test_preference_pairs_put_a_right_candidate_against_a_wrong_one():
+    from kojudge.answers import extract_final_answer
+    from kojudge.train.demo_judge import preference_pairs
+
+    pairs = preference_pairs(30, seed=4)
+    assert len({p["id"] for p in pairs}) == 30
+    for pair in pairs:
+        a, b = (int(x) for x in pair["prompt"].removeprefix("What is ").removesuffix("?").split(" + "))
+        assert extract_final_answer(pair["chosen"]) == str(a + b) != extract_final_answer(pair["rejected"])

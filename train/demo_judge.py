@@ -1,11 +1,15 @@
 """Builds the small demo judge: a Qwen2-shaped model with a byte-level tokenizer, trained with our
-own trainer on PairJudge verdicts for the synthetic addition task (kojudge.synthetic).
+own trainer on the synthetic addition task (kojudge.synthetic), in two stages.
 
-    python -m kojudge.train.demo_judge --out runs/demo-judge [--examples 4000] [--steps 1000]
+    python -m kojudge.train.demo_judge --out engine/demo_judge [--sft-steps 1200] [--grpo-steps 40]
 
-The judgment the judge learns recomputes the sum in its own format, compares each response's answer
-digit by digit, then gives the verdict tags; the run writes the model directory plus the compact
-judge template it was trained with (judge_template.md), which PairJudge loads by path.
+1. SFT on PairJudge verdicts (recompute the sum in the judge's own form, compare each response's
+   answer digit by digit, give the verdict tags) mixed with pointwise judgments (PaTaRM tags, a 0-10
+   score in <answer>).
+2. GRPO-PAR on preference pairs (a right and a wrong candidate of one question), scored pointwise.
+
+The output directory holds the model plus the two compact templates it was trained with
+(judge_template.md for PairJudge, pointwise_template.md for PointwiseJudge), loaded by path.
 """
 from __future__ import annotations
 
@@ -17,20 +21,27 @@ from pathlib import Path
 
 from kojudge.judgment_format import fill_placeholders
 from kojudge.pairjudge import SYSTEM_PROMPT
-from kojudge.synthetic import judgment, make_problem, sample_candidates
+from kojudge.synthetic import judgment, make_problem, pointwise_judgment, sample_candidates
 
-TEMPLATE = ("Question: {question}\n\nResponse A:\n{response_a}\n\nResponse B:\n{response_b}\n\n"
-            "Check both responses, then give the <resp_a_judge> and <resp_b_judge> verdicts.")
+TEMPLATE = "Q: {question}\n\nA:\n{response_a}\n\nB:\n{response_b}\n\nJudge A and B."
+POINTWISE_TEMPLATE = "Rubric: the final answer is the exact sum.\nQ: {prompt}\n\nR:\n{response}\n\nScore R from 0 to 10."
+PAIRWISE_FILE, POINTWISE_FILE = "judge_template.md", "pointwise_template.md"
+POINTWISE_FRACTION = 0.25  # of SFT conversations; the rest are pairwise verdicts
+
+
+def _problems(rng: random.Random, candidates_per_problem: int):
+    while True:
+        problem = make_problem(rng)
+        yield problem, sample_candidates(problem, candidates_per_problem, rng)
 
 
 def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8) -> list[list[dict[str, str]]]:
     """Judged pairs as the knockout asks for them: two candidates with different final answers, in
     random order (so both slots see right and wrong answers)."""
-    rng = random.Random(seed)
-    conversations = []
-    while len(conversations) < count:
-        problem = make_problem(rng)
-        candidates = sample_candidates(problem, candidates_per_problem, rng)
+    rng, conversations = random.Random(seed), []
+    for problem, candidates in _problems(rng, candidates_per_problem):
+        if len(conversations) == count:
+            return conversations
         pairs = [(a, b) for a in candidates for b in candidates if a.answer != b.answer]
         if not pairs:
             continue
@@ -38,45 +49,95 @@ def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8) 
         user = fill_placeholders(TEMPLATE, {"question": problem.question, "response_a": a.text, "response_b": b.text})
         conversations.append([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
                               {"role": "assistant", "content": judgment(problem, a, b)}])
-    return conversations
 
 
-def write_data(path: str | Path, count: int, seed: int) -> Path:
-    path = Path(path)
+def pointwise_conversations(count: int, seed: int, candidates_per_problem: int = 8) -> list[list[dict[str, str]]]:
+    """One candidate judged on its own, right and wrong ones equally often (as PointwiseJudge asks)."""
+    rng, conversations = random.Random(seed), []
+    for problem, candidates in _problems(rng, candidates_per_problem):
+        if len(conversations) == count:
+            return conversations
+        by_truth = [[c for c in candidates if c.correct == truth] for truth in (True, False)]
+        pool = by_truth[rng.random() < 0.5] or by_truth[0] or by_truth[1]
+        candidate = rng.choice(pool)
+        user = fill_placeholders(POINTWISE_TEMPLATE, {"prompt": problem.question, "response": candidate.text})
+        conversations.append([{"role": "user", "content": user},
+                              {"role": "assistant", "content": pointwise_judgment(problem, candidate)}])
+
+
+def preference_pairs(count: int, seed: int, candidates_per_problem: int = 8) -> list[dict[str, str]]:
+    """GRPO-PAR data: per question, a right candidate (chosen) and a wrong one (rejected)."""
+    rng, pairs = random.Random(seed), []
+    for problem, candidates in _problems(rng, candidates_per_problem):
+        if len(pairs) == count:
+            return pairs
+        right = [c for c in candidates if c.correct]
+        wrong = [c for c in candidates if not c.correct]
+        if right and wrong:
+            pairs.append({"id": str(len(pairs)), "prompt": problem.question, "chosen": rng.choice(right).text,
+                          "rejected": rng.choice(wrong).text, "source": "synthetic-addition", "domain": "math"})
+
+
+def _write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in judge_conversations(count, seed)))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def write_templates(directory: str | Path) -> None:
+    directory = Path(directory)
+    (directory / PAIRWISE_FILE).write_text(TEMPLATE + "\n")
+    (directory / POINTWISE_FILE).write_text(POINTWISE_TEMPLATE + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     from kojudge.tiny import make_tiny_model
-    from kojudge.train.config import SFTConfig
+    from kojudge.train.config import GRPOConfig, SFTConfig
+    from kojudge.train.grpo import train_grpo
     from kojudge.train.sft import train_sft
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="where the trained judge directory goes")
-    parser.add_argument("--work", help="scratch directory (default: OUT.work)")
-    parser.add_argument("--examples", type=int, default=4000)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--work", help="scratch directory: data, checkpoints, metrics (default: OUT.work)")
+    parser.add_argument("--examples", type=int, default=60_000, help="SFT conversations")
+    parser.add_argument("--sft-steps", type=int, default=1200)
+    parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument("--grpo-steps", type=int, default=40)
     parser.add_argument("--hidden", type=int, default=192)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--grpo-lr", type=float, default=2e-5)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
     work = Path(args.work or f"{out}.work")
-    data = write_data(work / "sft.jsonl", args.examples, args.seed)
-    base = make_tiny_model(work / "base", "qwen2", char_tokenizer=True, hidden_size=args.hidden,
-                           num_layers=args.layers, num_heads=4, num_kv_heads=2, intermediate_size=4 * args.hidden,
-                           max_position_embeddings=4096, initializer_range=0.02, seed=args.seed)
-    train_sft(SFTConfig(model=str(base), data=str(data), output=str(work / "sft"), max_length=4096,
-                        batch_size=args.batch_size, max_steps=args.steps, lr=args.lr, warmup_steps=20,
-                        dtype=args.dtype, save_every=max(100, args.steps // 5), seed=args.seed))
+    pointwise = int(args.examples * POINTWISE_FRACTION)
+    conversations = (judge_conversations(args.examples - pointwise, args.seed)
+                     + pointwise_conversations(pointwise, args.seed + 1))
+    random.Random(args.seed).shuffle(conversations)
+    sft_data = _write_jsonl(work / "sft.jsonl", [{"messages": c} for c in conversations])
+    pairs = _write_jsonl(work / "pairs.jsonl", preference_pairs(max(1, args.grpo_steps) * 8, args.seed + 2))
+    write_templates(work)
+    sft_final = work / "sft" / "final"
+    if not sft_final.is_dir():
+        base = make_tiny_model(work / "base", "qwen2", char_tokenizer=True, hidden_size=args.hidden,
+                               num_layers=args.layers, num_heads=4, num_kv_heads=2, intermediate_size=4 * args.hidden,
+                               max_position_embeddings=1024, initializer_range=0.02, seed=args.seed)
+        train_sft(SFTConfig(model=str(base), data=str(sft_data), output=str(work / "sft"), max_length=1024,
+                            batch_size=args.batch_size, max_steps=args.sft_steps, lr=args.lr, warmup_steps=30,
+                            dtype=args.dtype, save_every=max(100, args.sft_steps // 6), eval_every=10**9,
+                            seed=args.seed))
+    final = sft_final
+    if args.grpo_steps > 0:
+        train_grpo(GRPOConfig(model=str(sft_final), data=str(pairs), output=str(work / "grpo"),
+                              template=str(work / POINTWISE_FILE), pairs_per_batch=8, rollouts=4,
+                              max_new_tokens=160, temperature=1.0, max_steps=args.grpo_steps, lr=args.grpo_lr,
+                              dtype=args.dtype, save_every=max(10, args.grpo_steps // 4), seed=args.seed))
+        final = work / "grpo" / "final"
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(work / "sft" / "final", out)
-    (out / "judge_template.md").write_text(TEMPLATE + "\n")
+    shutil.copytree(final, out)
+    write_templates(out)
     print(f"judge written to {out}")
 
 

@@ -138,7 +138,7 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
     log = MetricsLog(cfg.output, rank)
     log.truncate_after(step)
     engine = Engine(cfg.model, dtype=cfg.rollout_dtype)
-    scorer = PointwiseJudge(engine)
+    scorer = PointwiseJudge(engine, rubrics=cfg.rubrics, template=cfg.template)
     records, bar = [], None
     if progress and rank == 0:
         from tqdm import tqdm
