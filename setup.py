@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.10",
     packages=["kojudge", "kojudge.kernels", "kojudge.train"],
     package_dir={"kojudge": "engine", "kojudge.kernels": "kernels", "kojudge.train": "train"},
-    package_data={"kojudge": ["templates/*.md"]},
+    package_data={"kojudge": ["templates/*.md", "demo_judge/*"]},
     install_requires=[
         "torch>=2.5",
         "triton>=3.0",

@@ -11,6 +11,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 README = Path(__file__).parent.parent / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+DEMO_START, DEMO_END = "<!-- demo:start -->", "<!-- demo:end -->"
 
 
 def load(name: str) -> dict | None:
@@ -81,6 +82,25 @@ def section() -> str:
                 + " |")
         out += ["", "![accuracy vs calls and tokens](bench/results/tournament_simulation.png)",
                 "![judge accuracy sweep](bench/results/tournament_judge_accuracy_sweep.png)", ""]
+    study = load("demo_judge_study")
+    if study:
+        out += [f"**Tournament formats, real judge** (`bench/study_demo_judge.py`): the shipped demo judge through the "
+                f"engine on {study['questions']} held-out questions, N={study['n']}; {machine_line(study)}.", "",
+                "| format | best-of-N accuracy | judge calls per question | wall time (s) | cached prompt tokens |",
+                "|---|---|---|---|---|"]
+        for name, row in study["formats"].items():
+            cached = f"{100 * row['cached_prompt_ratio']:.0f}%" if "cached_prompt_ratio" in row else "-"
+            out.append(f"| {name} | {row['accuracy']:.3f} | {row['calls_per_question']:.1f} | {row['seconds']:.0f} | "
+                       f"{cached} |")
+        out += [f"| {name} (no judge) | {value:.3f} | 0 | - | - |" for name, value in study["baselines"].items()]
+        out += ["", "![formats with the demo judge](bench/results/demo_judge_study.png)", ""]
+    training = load("demo_judge_training")
+    if training and training.get("grpo_steps"):
+        out += [f"**Demo judge training** (`bench/demo_judge_curves.py`): {training['sft_steps']} SFT steps, then "
+                f"{training['grpo_steps']} GRPO-PAR steps; mean PAR reward {training['par_first_quarter']:.2f} -> "
+                f"{training['par_last_quarter']:.2f} (first vs last quarter), pair accuracy "
+                f"{training['pair_accuracy_first_quarter']:.2f} -> {training['pair_accuracy_last_quarter']:.2f}.", "",
+                "![demo judge training](bench/results/demo_judge_training.png)", ""]
     gpu = load("gpu_kernels")
     out.append("**GPU kernels** (`bench/gpu_kernels.py`): " + (
         f"run on {gpu['machine'].get('gpu')}; see bench/results/gpu_kernels.json." if gpu else
@@ -88,12 +108,24 @@ def section() -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    text = README.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.DOTALL)
+def demo_section() -> str:
+    study = load("demo_judge_study")
+    if not study:
+        return ""
+    return (f"What `kojudge demo` printed ({machine_line(study)}; `python bench/study_demo_judge.py` reruns it):\n\n"
+            f"```\n{study['demo_table']}\n```")
+
+
+def replace_between(text: str, start: str, end: str, body: str) -> str:
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
     if not pattern.search(text):
-        raise SystemExit(f"{README} has no {START} ... {END} section")
-    README.write_text(pattern.sub(lambda _: f"{START}\n{section()}\n{END}", text))
+        raise SystemExit(f"{README} has no {start} ... {end} section")
+    return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
+
+
+def main() -> None:
+    text = replace_between(README.read_text(), START, END, section())
+    README.write_text(replace_between(text, DEMO_START, DEMO_END, demo_section()))
     print(f"updated {README}")
 
 

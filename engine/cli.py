@@ -13,9 +13,10 @@ def demo(args: argparse.Namespace) -> None:
 
     judge = args.judge or (SHIPPED_JUDGE if (SHIPPED_JUDGE / "judge_template.md").exists() else None)
     if judge is not None:
-        print(run_demo(judge, questions=args.questions, n=args.n, seed=args.seed, dtype=args.dtype).table())
+        print(run_demo(judge, questions=args.questions, n=args.n, seed=args.seed, dtype=args.dtype,
+                       pointwise_samples=args.pointwise_samples).table())
         return
-    print("no trained demo judge is shipped yet: running a generation smoke test on a tiny random model")
+    print(f"no demo judge found at {SHIPPED_JUDGE}: running a generation smoke test on a tiny random model")
     smoke(args)
 
 
@@ -142,6 +143,7 @@ BENCHMARKS = {  # name -> (script, arguments); `kojudge bench` runs them in this
     "tournament": [("bench_tournament.py", []), ("bench_tournament.py", ["--dtype", "bfloat16"])],
     "logprobs": [("bench_logprobs.py", [])],
     "simulation": [("simulate_tournaments.py", [])],
+    "demo_judge": [("study_demo_judge.py", [])],
     "sft": [("bench_sft.py", [])],
     "grpo": [("bench_grpo.py", [])],
 }
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--questions", type=int, default=200)
     p.add_argument("--n", type=int, default=8, help="candidates per question")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pointwise-samples", type=int, default=4, help="sampled pointwise scores per candidate")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.set_defaults(func=demo)
 

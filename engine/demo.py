@@ -36,56 +36,79 @@ class DemoReport:
         return "\n".join(rows)
 
 
+def held_out_set(questions: int, n: int, seed: int = 0):
+    """Problems and their n candidates from a seed space the judge never trained on."""
+    from kojudge.synthetic import make_problem, sample_candidates
+
+    rng = random.Random(HELD_OUT_SEED + seed)
+    problems = [make_problem(rng) for _ in range(questions)]
+    return problems, [sample_candidates(p, n, rng) for p in problems]
+
+
+def run_tournaments(engine, judge_dir: Path, problems, candidates, *, format: str = "knockout",
+                    both_orders: bool = False, max_tokens: int = 400, seed: int = 0, bar=None) -> list:
+    """One PairJudge tournament per question, all questions' matches batched in the engine."""
+    from kojudge.pairjudge import STOP, PairJudge
+    from kojudge.sampling import SamplingParams
+
+    judge = PairJudge(engine, template=Path(judge_dir) / "judge_template.md", format=format, both_orders=both_orders,
+                      params=SamplingParams(max_tokens=max_tokens, stop=[STOP], include_stop_str_in_output=True))
+    return judge.best_of_n_many([(p.question, [c.text for c in cs]) for p, cs in zip(problems, candidates)],
+                                seed=seed, on_result=(lambda i, r: bar.update(1)) if bar is not None else None)
+
+
+def verdict_accuracy(candidates, results) -> dict[str, float]:
+    """Share of verdicts that match the truth, on truly right and on truly wrong candidates."""
+    verdicts = {"right": [], "wrong": []}
+    for cs, best in zip(candidates, results):
+        for judged in best.judgments:
+            for index, said in zip((judged["a"], judged["b"]), judged["verdict"]):
+                verdicts["right" if cs[index].correct else "wrong"].append(said is cs[index].correct)
+    return {k: sum(v) / len(v) for k, v in verdicts.items() if v}
+
+
+def baseline_accuracy(problems, candidates, seed: int = 0) -> dict[str, float]:
+    pick_rng, accuracy = random.Random(seed), Counter()
+    for problem, cs in zip(problems, candidates):
+        accuracy["random pick"] += pick_rng.choice(cs).correct
+        accuracy["answer majority vote"] += Counter(c.answer for c in cs).most_common(1)[0][0] == problem.answer
+        accuracy["oracle"] += any(c.correct for c in cs)
+    return {k: v / len(problems) for k, v in accuracy.items()}
+
+
 def run_demo(judge_dir: str | Path, questions: int = 200, n: int = 8, seed: int = 0, dtype: str = "float32",
              max_tokens: int = 400, pointwise_samples: int = 4, progress: bool = True) -> DemoReport:
     from kojudge.engine import Engine
-    from kojudge.pairjudge import STOP, PairJudge
-    from kojudge.sampling import SamplingParams
-    from kojudge.synthetic import make_problem, sample_candidates
 
     judge_dir = Path(judge_dir)
-    rng = random.Random(HELD_OUT_SEED + seed)
-    problems = [make_problem(rng) for _ in range(questions)]
-    candidates = [sample_candidates(p, n, rng) for p in problems]
+    problems, candidates = held_out_set(questions, n, seed)
     engine = Engine(judge_dir, dtype=dtype)
-    judge = PairJudge(engine, template=judge_dir / "judge_template.md",
-                      params=SamplingParams(max_tokens=max_tokens, stop=[STOP], include_stop_str_in_output=True))
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=questions, desc="demo", unit="question")
     start = time.perf_counter()
-    results = judge.best_of_n_many([(p.question, [c.text for c in cs]) for p, cs in zip(problems, candidates)],
-                                   seed=seed, on_result=(lambda i, r: bar.update(1)) if bar else None)
+    results = run_tournaments(engine, judge_dir, problems, candidates, max_tokens=max_tokens, seed=seed, bar=bar)
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
     stats = engine.stats()
-    pointwise_picks = _pointwise_picks(engine, judge_dir, problems, candidates, pointwise_samples, max_tokens, seed)
-    pick_rng = random.Random(seed)
-    accuracy = Counter()
-    verdicts = {"right": [], "wrong": []}
-    for problem, cs, best, pointwise_pick in zip(problems, candidates, results, pointwise_picks):
-        accuracy["knockout"] += cs[best.winner].correct
-        accuracy["random pick"] += pick_rng.choice(cs).correct
-        top = Counter(c.answer for c in cs).most_common(1)[0][0]
-        accuracy["answer majority vote"] += top == problem.answer
-        accuracy["pointwise mean vote"] += cs[pointwise_pick].correct
-        accuracy["oracle"] += any(c.correct for c in cs)
-        for judged in best.judgments:
-            for index, said in zip((judged["a"], judged["b"]), judged["verdict"]):
-                truth = cs[index].correct
-                verdicts["right" if truth else "wrong"].append(said is truth)
+    picks = pointwise_picks(engine, judge_dir, problems, candidates, pointwise_samples, max_tokens, seed)
+    baselines = baseline_accuracy(problems, candidates, seed)
+    accuracy = {"knockout": sum(cs[r.winner].correct for cs, r in zip(candidates, results)) / questions,
+                "random pick": baselines["random pick"],
+                "answer majority vote": baselines["answer majority vote"],
+                "pointwise mean vote": sum(cs[i].correct for cs, i in zip(candidates, picks)) / questions,
+                "oracle": baselines["oracle"]}
     return DemoReport(
-        questions=questions, n=n, accuracy={k: v / questions for k, v in accuracy.items()},
-        judge_calls=sum(r.judge_calls for r in results), seconds=seconds,
-        cached_ratio=stats["cached_prompt_tokens"] / max(1, stats["prompt_tokens"]),
-        verdict_accuracy={k: sum(v) / len(v) for k, v in verdicts.items() if v},
+        questions=questions, n=n, accuracy=accuracy, judge_calls=sum(r.judge_calls for r in results),
+        seconds=seconds, cached_ratio=stats["cached_prompt_tokens"] / max(1, stats["prompt_tokens"]),
+        verdict_accuracy=verdict_accuracy(candidates, results),
     )
 
 
-def _pointwise_picks(engine, judge_dir: Path, problems, candidates, samples: int, max_tokens: int,
+def pointwise_picks(engine, judge_dir: Path, problems, candidates, samples: int, max_tokens: int,
                      seed: int) -> list[int]:
     """Per question, the candidate with the highest mean pointwise score (unparseable rollouts count
     as 0; ties go to the earliest). Identical candidates are scored once."""

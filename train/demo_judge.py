@@ -27,6 +27,15 @@ TEMPLATE = "Q: {question}\n\nA:\n{response_a}\n\nB:\n{response_b}\n\nJudge A and
 POINTWISE_TEMPLATE = "Rubric: the final answer is the exact sum.\nQ: {prompt}\n\nR:\n{response}\n\nScore R from 0 to 10."
 PAIRWISE_FILE, POINTWISE_FILE = "judge_template.md", "pointwise_template.md"
 POINTWISE_FRACTION = 0.25  # of SFT conversations; the rest are pairwise verdicts
+# Share of SFT conversations whose responses show only their final line. With the work always
+# visible, the judge learns to copy column sums from the responses (and copies their slips) instead
+# of adding; without it, adding is the only way to the check.
+ANSWER_ONLY_FRACTION = 0.5
+
+
+def _shown(texts: list[str], rng: random.Random) -> list[str]:
+    """The responses as one training prompt shows them: whole, or (all of them) only their final line."""
+    return [t.splitlines()[-1] for t in texts] if rng.random() < ANSWER_ONLY_FRACTION else texts
 
 
 def _problems(rng: random.Random, candidates_per_problem: int):
@@ -46,7 +55,9 @@ def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8) 
         if not pairs:
             continue
         a, b = rng.choice(pairs)
-        user = fill_placeholders(TEMPLATE, {"question": problem.question, "response_a": a.text, "response_b": b.text})
+        response_a, response_b = _shown([a.text, b.text], rng)
+        user = fill_placeholders(TEMPLATE, {"question": problem.question, "response_a": response_a,
+                                            "response_b": response_b})
         conversations.append([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
                               {"role": "assistant", "content": judgment(problem, a, b)}])
 
@@ -60,7 +71,8 @@ def pointwise_conversations(count: int, seed: int, candidates_per_problem: int =
         by_truth = [[c for c in candidates if c.correct == truth] for truth in (True, False)]
         pool = by_truth[rng.random() < 0.5] or by_truth[0] or by_truth[1]
         candidate = rng.choice(pool)
-        user = fill_placeholders(POINTWISE_TEMPLATE, {"prompt": problem.question, "response": candidate.text})
+        user = fill_placeholders(POINTWISE_TEMPLATE, {"prompt": problem.question,
+                                                      "response": _shown([candidate.text], rng)[0]})
         conversations.append([{"role": "user", "content": user},
                               {"role": "assistant", "content": pointwise_judgment(problem, candidate)}])
 
@@ -85,9 +97,10 @@ def _write_jsonl(path: Path, rows: list) -> Path:
 
 
 def write_templates(directory: str | Path) -> None:
+    """Byte for byte what the judge trained on: a tiny judge is thrown off even by a trailing newline."""
     directory = Path(directory)
-    (directory / PAIRWISE_FILE).write_text(TEMPLATE + "\n")
-    (directory / POINTWISE_FILE).write_text(POINTWISE_TEMPLATE + "\n")
+    (directory / PAIRWISE_FILE).write_text(TEMPLATE)
+    (directory / POINTWISE_FILE).write_text(POINTWISE_TEMPLATE)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,37 +119,46 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hidden", type=int, default=192)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--grpo-lr", type=float, default=2e-5)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--grpo-lr", type=float, default=5e-5)
+    parser.add_argument("--init", help="start from this model directory instead of a fresh random model "
+                                       "(to continue training a judge; --sft-steps 0 runs only GRPO)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="data, initialization and sampling seed")
     args = parser.parse_args(argv)
     out = Path(args.out)
     work = Path(args.work or f"{out}.work")
-    pointwise = int(args.examples * POINTWISE_FRACTION)
-    conversations = (judge_conversations(args.examples - pointwise, args.seed)
-                     + pointwise_conversations(pointwise, args.seed + 1))
-    random.Random(args.seed).shuffle(conversations)
-    sft_data = _write_jsonl(work / "sft.jsonl", [{"messages": c} for c in conversations])
-    pairs = _write_jsonl(work / "pairs.jsonl", preference_pairs(max(1, args.grpo_steps) * 8, args.seed + 2))
+    work.mkdir(parents=True, exist_ok=True)
     write_templates(work)
-    sft_final = work / "sft" / "final"
-    if not sft_final.is_dir():
-        base = make_tiny_model(work / "base", "qwen2", char_tokenizer=True, hidden_size=args.hidden,
-                               num_layers=args.layers, num_heads=4, num_kv_heads=2, intermediate_size=4 * args.hidden,
-                               max_position_embeddings=1024, initializer_range=0.02, seed=args.seed)
-        train_sft(SFTConfig(model=str(base), data=str(sft_data), output=str(work / "sft"), max_length=1024,
+    model = Path(args.init) if args.init else None
+    if args.sft_steps > 0:
+        pointwise = int(args.examples * POINTWISE_FRACTION)
+        conversations = (judge_conversations(args.examples - pointwise, args.seed)
+                         + pointwise_conversations(pointwise, args.seed + 1))
+        random.Random(args.seed).shuffle(conversations)
+        sft_data = _write_jsonl(work / "sft.jsonl", [{"messages": c} for c in conversations])
+        if model is None:
+            model = make_tiny_model(work / "base", "qwen2", char_tokenizer=True, hidden_size=args.hidden,
+                                    num_layers=args.layers, num_heads=4, num_kv_heads=2,
+                                    intermediate_size=4 * args.hidden, max_position_embeddings=1024,
+                                    initializer_range=0.02, seed=args.seed)
+        train_sft(SFTConfig(model=str(model), data=str(sft_data), output=str(work / "sft"), max_length=1024,
                             batch_size=args.batch_size, max_steps=args.sft_steps, lr=args.lr, warmup_steps=30,
+                            weight_decay=args.weight_decay,
                             dtype=args.dtype, save_every=max(100, args.sft_steps // 6), eval_every=10**9,
                             seed=args.seed))
-    final = sft_final
+        model = work / "sft" / "final"
+    if model is None:
+        raise SystemExit("nothing to train: --sft-steps 0 needs --init")
     if args.grpo_steps > 0:
-        train_grpo(GRPOConfig(model=str(sft_final), data=str(pairs), output=str(work / "grpo"),
+        pairs = _write_jsonl(work / "pairs.jsonl", preference_pairs(args.grpo_steps * 8, args.seed + 2))
+        train_grpo(GRPOConfig(model=str(model), data=str(pairs), output=str(work / "grpo"),
                               template=str(work / POINTWISE_FILE), pairs_per_batch=8, rollouts=4,
-                              max_new_tokens=160, temperature=1.0, max_steps=args.grpo_steps, lr=args.grpo_lr,
+                              max_new_tokens=200, temperature=1.0, max_steps=args.grpo_steps, lr=args.grpo_lr,
                               dtype=args.dtype, save_every=max(10, args.grpo_steps // 4), seed=args.seed))
-        final = work / "grpo" / "final"
+        model = work / "grpo" / "final"
     shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(final, out)
+    shutil.copytree(model, out)
     write_templates(out)
     print(f"judge written to {out}")
 

@@ -1,0 +1,68 @@
+"""Training curves of the demo judge from the work directories of `python -m kojudge.train.demo_judge`.
+
+    python bench/demo_judge_curves.py WORK_DIR [WORK_DIR ...]   # in training order
+
+Writes bench/results/demo_judge_training.json and .png: SFT loss per step (continued runs appended),
+and the GRPO stage's mean PAR reward, pair accuracy and valid-score rate per step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common import RESULTS, write_result
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def quarter_means(values: list[float]) -> tuple[float, float]:
+    q = max(1, len(values) // 4)
+    return sum(values[:q]) / q, sum(values[-q:]) / q
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("work", nargs="+", type=Path)
+    args = parser.parse_args()
+    sft, grpo = [], []
+    for work in args.work:
+        sft += [r["loss"] for r in read_metrics(work / "sft" / "metrics.jsonl")]
+        grpo += read_metrics(work / "grpo" / "metrics.jsonl")
+    par = [r["par_reward"] for r in grpo]
+    payload = {"sft_steps": len(sft), "sft_loss": sft, "grpo_steps": len(grpo),
+               "grpo": {k: [r[k] for r in grpo] for k in ("par_reward", "pair_accuracy", "valid_score_rate", "reward")}}
+    if par:
+        payload["par_first_quarter"], payload["par_last_quarter"] = quarter_means(par)
+        acc = payload["grpo"]["pair_accuracy"]
+        payload["pair_accuracy_first_quarter"], payload["pair_accuracy_last_quarter"] = quarter_means(acc)
+    write_result("demo_judge_training", payload)
+    plot(payload)
+
+
+def plot(payload: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(range(1, len(payload["sft_loss"]) + 1), payload["sft_loss"], linewidth=0.8)
+    left.set_yscale("log")
+    left.set_xlabel("SFT step")
+    left.set_ylabel("loss per assistant token")
+    left.set_title("stage 1: SFT (pairwise + pointwise judgments)")
+    steps = range(1, payload["grpo_steps"] + 1)
+    for key in ("par_reward", "pair_accuracy", "valid_score_rate"):
+        right.plot(steps, payload["grpo"][key], marker=".", linewidth=0.8, label=key)
+    right.set_xlabel("GRPO step")
+    right.set_title("stage 2: GRPO-PAR (pointwise)")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "demo_judge_training.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The shipped demo judge: a real model directory that kojudge and transformers load alike."""
+import random
+
+import pytest
+import torch
+
+import kojudge
+from kojudge.attention import CausalVarlenAttention
+from kojudge.config import load_config
+from kojudge.demo import SHIPPED_JUDGE
+from kojudge.model import Model
+from kojudge.pairjudge import STOP, PairJudge, parse_verdict
+from kojudge.synthetic import make_problem, sample_candidates
+from kojudge.weights import load_weights
+
+
+@pytest.fixture(scope="module")
+def hf_judge():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(SHIPPED_JUDGE, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def judge_prompts():
+    """Judge prompts for questions the judge never trained on (the demo's held-out seed space)."""
+    engine = kojudge.Engine(SHIPPED_JUDGE)
+    judge = PairJudge(engine, template=SHIPPED_JUDGE / "judge_template.md")
+    rng = random.Random(123_456)
+    prompts = []
+    while len(prompts) < 3:
+        problem = make_problem(rng)
+        right, wrong = (sample_candidates(problem, 1, rng, solve_rate=rate)[0] for rate in (1.0, 0.0))
+        if not wrong.correct:
+            prompts.append(judge.prompt_ids(problem.question, right.text, wrong.text))
+    return engine, prompts
+
+
+def test_shipped_judge_is_small_and_complete():
+    files = {p.name for p in SHIPPED_JUDGE.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "judge_template.md", "pointwise_template.md"} <= files
+    assert (SHIPPED_JUDGE / "model.safetensors").stat().st_size < 20 * 2**20
+
+
+def test_shipped_judge_logits_match_transformers(hf_judge, judge_prompts):
+    _, prompts = judge_prompts
+    model = Model(load_config(SHIPPED_JUDGE))
+    load_weights(model, SHIPPED_JUDGE)
+    cu = [0]
+    for p in prompts:
+        cu.append(cu[-1] + len(p))
+    with torch.no_grad():
+        hidden = model.eval()(torch.tensor(sum(prompts, [])), torch.cat([torch.arange(len(p)) for p in prompts]),
+                              CausalVarlenAttention(cu))
+        ours = model.logits(hidden)
+        theirs = torch.cat([hf_judge(torch.tensor([p])).logits[0] for p in prompts])
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_shipped_judge_greedy_judgments_match_transformers_and_parse(hf_judge, judge_prompts):
+    engine, prompts = judge_prompts
+    params = kojudge.SamplingParams(max_tokens=200, stop=[STOP], include_stop_str_in_output=True)
+    outs = engine.generate(prompts, params)
+    for prompt, out in zip(prompts, outs):
+        reference = hf_judge.generate(torch.tensor([prompt]), max_new_tokens=len(out.token_ids), do_sample=False,
+                                      pad_token_id=0)[0, len(prompt):].tolist()
+        assert out.token_ids == reference[:len(out.token_ids)]
+        assert None not in parse_verdict(out.text)  # a trained judge, not a random one
+
+
+def test_kojudge_demo_command_uses_the_shipped_judge(capsys):
+    from kojudge.cli import main
+
+    main(["demo", "--questions", "3", "--n", "4", "--pointwise-samples", "1"])
+    printed = capsys.readouterr().out
+    assert "best-of-4 accuracy on 3 held-out questions" in printed and "smoke" not in printed
+    assert "pointwise mean vote" in printed and "judge calls/s" in printed
