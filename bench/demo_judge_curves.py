@@ -1,9 +1,10 @@
 """Training curves of the demo judge from the work directories of `python -m kojudge.train.demo_judge`.
 
-    python bench/demo_judge_curves.py WORK_DIR [WORK_DIR ...]   # in training order
+    python bench/demo_judge_curves.py WORK_DIR[:SFT_STEPS] ...   # in training order
 
 Writes bench/results/demo_judge_training.json and .png: SFT loss per step (continued runs appended),
-and the GRPO stage's mean PAR reward, pair accuracy and valid-score rate per step.
+and the GRPO stage's mean PAR reward, pair accuracy and valid-score rate per step. WORK_DIR:N keeps a
+run's first N SFT steps (the checkpoint the next run started from, when a run went on past it).
 """
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ def quarter_means(values: list[float]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("work", nargs="+", type=Path)
+    parser.add_argument("work", nargs="+")
     args = parser.parse_args()
     sft, grpo = [], []
-    for work in args.work:
-        sft += [r["loss"] for r in read_metrics(work / "sft" / "metrics.jsonl")]
-        grpo += read_metrics(work / "grpo" / "metrics.jsonl")
+    for spec in args.work:
+        work, _, keep = spec.partition(":")
+        losses = [r["loss"] for r in read_metrics(Path(work) / "sft" / "metrics.jsonl")]
+        sft += losses[: int(keep)] if keep else losses
+        grpo += read_metrics(Path(work) / "grpo" / "metrics.jsonl")
     par = [r["par_reward"] for r in grpo]
     payload = {"sft_steps": len(sft), "sft_loss": sft, "grpo_steps": len(grpo),
                "grpo": {k: [r[k] for r in grpo] for k in ("par_reward", "pair_accuracy", "valid_score_rate", "reward")}}

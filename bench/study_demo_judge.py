@@ -74,7 +74,7 @@ def plot(rows: dict, baselines: dict, args) -> None:
         ax.scatter(row["calls_per_question"], row["accuracy"], label=name)
     for name, value in baselines.items():
         ax.axhline(value, linestyle="--", linewidth=0.8, color="grey")
-        ax.annotate(name, (0, value), fontsize=7, va="bottom")
+        ax.text(0.01, value, name, transform=ax.get_yaxis_transform(), fontsize=7, va="bottom")
     ax.set_xlabel("judge calls per question (pointwise: rollouts)")
     ax.set_ylabel(f"best-of-{args.n} accuracy")
     ax.set_title(f"demo judge, {args.questions} held-out questions")

@@ -45,7 +45,7 @@ def held_out_set(questions: int, n: int, seed: int = 0):
     return problems, [sample_candidates(p, n, rng) for p in problems]
 
 
-def run_tournaments(engine, judge_dir: Path, problems, candidates, *, format: str = "knockout",
+def run_tournaments(engine, judge_dir: str | Path, problems, candidates, *, format: str = "knockout",
                     both_orders: bool = False, max_tokens: int = 400, seed: int = 0, bar=None) -> list:
     """One PairJudge tournament per question, all questions' matches batched in the engine."""
     from kojudge.pairjudge import STOP, PairJudge
@@ -108,14 +108,14 @@ def run_demo(judge_dir: str | Path, questions: int = 200, n: int = 8, seed: int 
     )
 
 
-def pointwise_picks(engine, judge_dir: Path, problems, candidates, samples: int, max_tokens: int,
+def pointwise_picks(engine, judge_dir: str | Path, problems, candidates, samples: int, max_tokens: int,
                      seed: int) -> list[int]:
     """Per question, the candidate with the highest mean pointwise score (unparseable rollouts count
     as 0; ties go to the earliest). Identical candidates are scored once."""
     from kojudge.pointwise import PointwiseJudge
     from kojudge.sampling import SamplingParams
 
-    scorer = PointwiseJudge(engine, template=judge_dir / "pointwise_template.md",
+    scorer = PointwiseJudge(engine, template=Path(judge_dir) / "pointwise_template.md",
                             params=SamplingParams(max_tokens=max_tokens, temperature=1.0, stop=["</answer>"],
                                                   include_stop_str_in_output=True))
     items = sorted({(p.question, c.text) for p, cs in zip(problems, candidates) for c in cs})

@@ -4,6 +4,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,13 @@ def test_killed_sft_run_resumes_to_the_same_loss_curve(tmp_path, sft_setup):
     assert curve == pytest.approx([r["loss"] for r in straight], abs=1e-6)
 
 
+def free_port() -> int:
+    """A port nobody listens on now (a fixed or pid-derived one can collide with a lingering run)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_process_fsdp_step_equals_single_process(tmp_path, sft_setup):
     from safetensors.torch import load_file
 
@@ -82,7 +90,7 @@ def test_two_process_fsdp_step_equals_single_process(tmp_path, sft_setup):
     worker = Path(__file__).parent / "fsdp_step_worker.py"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(29500 + os.getpid() % 1000), str(worker), str(model), str(data), str(out)],
+                           str(free_port()), str(worker), str(model), str(data), str(out)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     examples = load_sft(data, Tokenizer(model), 512)
