@@ -86,6 +86,8 @@ def test_demo_judge_data_pairs_different_answers_with_true_verdicts():
         assert None not in verdict
         truths.extend(verdict)
     assert 0.2 < sum(truths) / len(truths) < 0.8  # both labels are well represented
+    with_work = sum("col 1:" in user["content"] for _, user, _ in conversations)
+    assert 0.2 < with_work / len(conversations) < 0.8  # answer-only prompts make the judge add, not copy
 
 
 def test_pointwise_judgments_score_right_answers_ten_and_wrong_ones_low():
