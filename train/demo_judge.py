@@ -33,9 +33,10 @@ POINTWISE_FRACTION = 0.25  # of SFT conversations; the rest are pairwise verdict
 ANSWER_ONLY_FRACTION = 0.5
 
 
-def _shown(texts: list[str], rng: random.Random) -> list[str]:
+def _shown(texts: list[str], rng: random.Random, answer_only: float) -> list[str]:
     """The responses as one training prompt shows them: whole, or (all of them) only their final line."""
-    return [t.splitlines()[-1] for t in texts] if rng.random() < ANSWER_ONLY_FRACTION else texts
+    # No draw at 0, so answer_only=0 reproduces the data of the runs made before this option existed.
+    return [t.splitlines()[-1] for t in texts] if answer_only > 0 and rng.random() < answer_only else texts
 
 
 def _problems(rng: random.Random, candidates_per_problem: int):
@@ -44,7 +45,8 @@ def _problems(rng: random.Random, candidates_per_problem: int):
         yield problem, sample_candidates(problem, candidates_per_problem, rng)
 
 
-def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8) -> list[list[dict[str, str]]]:
+def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8,
+                        answer_only: float = ANSWER_ONLY_FRACTION) -> list[list[dict[str, str]]]:
     """Judged pairs as the knockout asks for them: two candidates with different final answers, in
     random order (so both slots see right and wrong answers)."""
     rng, conversations = random.Random(seed), []
@@ -55,14 +57,15 @@ def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8) 
         if not pairs:
             continue
         a, b = rng.choice(pairs)
-        response_a, response_b = _shown([a.text, b.text], rng)
+        response_a, response_b = _shown([a.text, b.text], rng, answer_only)
         user = fill_placeholders(TEMPLATE, {"question": problem.question, "response_a": response_a,
                                             "response_b": response_b})
         conversations.append([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
                               {"role": "assistant", "content": judgment(problem, a, b)}])
 
 
-def pointwise_conversations(count: int, seed: int, candidates_per_problem: int = 8) -> list[list[dict[str, str]]]:
+def pointwise_conversations(count: int, seed: int, candidates_per_problem: int = 8,
+                            answer_only: float = ANSWER_ONLY_FRACTION) -> list[list[dict[str, str]]]:
     """One candidate judged on its own, right and wrong ones equally often (as PointwiseJudge asks)."""
     rng, conversations = random.Random(seed), []
     for problem, candidates in _problems(rng, candidates_per_problem):
@@ -72,7 +75,7 @@ def pointwise_conversations(count: int, seed: int, candidates_per_problem: int =
         pool = by_truth[rng.random() < 0.5] or by_truth[0] or by_truth[1]
         candidate = rng.choice(pool)
         user = fill_placeholders(POINTWISE_TEMPLATE, {"prompt": problem.question,
-                                                      "response": _shown([candidate.text], rng)[0]})
+                                                      "response": _shown([candidate.text], rng, answer_only)[0]})
         conversations.append([{"role": "user", "content": user},
                               {"role": "assistant", "content": pointwise_judgment(problem, candidate)}])
 
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--answer-only", type=float, default=ANSWER_ONLY_FRACTION,
+                        help="share of SFT prompts whose responses show only their final line")
     parser.add_argument("--grpo-lr", type=float, default=5e-5)
     parser.add_argument("--init", help="start from this model directory instead of a fresh random model "
                                        "(to continue training a judge; --sft-steps 0 runs only GRPO)")
@@ -133,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     model = Path(args.init) if args.init else None
     if args.sft_steps > 0:
         pointwise = int(args.examples * POINTWISE_FRACTION)
-        conversations = (judge_conversations(args.examples - pointwise, args.seed)
-                         + pointwise_conversations(pointwise, args.seed + 1))
+        conversations = (judge_conversations(args.examples - pointwise, args.seed, answer_only=args.answer_only)
+                         + pointwise_conversations(pointwise, args.seed + 1, answer_only=args.answer_only))
         random.Random(args.seed).shuffle(conversations)
         sft_data = _write_jsonl(work / "sft.jsonl", [{"messages": c} for c in conversations])
         if model is None:
