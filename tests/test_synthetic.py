@@ -115,3 +115,13 @@ def test_preference_pairs_put_a_right_candidate_against_a_wrong_one():
     for pair in pairs:
         a, b = (int(x) for x in pair["prompt"].removeprefix("What is ").removesuffix("?").split(" + "))
         assert extract_final_answer(pair["chosen"]) == str(a + b) != extract_final_answer(pair["rejected"])
+
+
+def test_check_curriculum_answers_the_bare_question_with_the_check():
+    from kojudge.synthetic import reference_check
+    from kojudge.train.demo_judge import check_conversations
+
+    for user, assistant in check_conversations(20, seed=5):
+        a, b = (int(x) for x in user["content"].removeprefix("What is ").removesuffix("?").split(" + "))
+        assert assistant["content"].endswith(f"= {a + b}") and "col" not in user["content"]
+        assert assistant["content"] == reference_check(Problem(a, b, 4))

@@ -1,8 +1,9 @@
 """Builds the small demo judge: a Qwen2-shaped model with a byte-level tokenizer, trained with our
 own trainer on the synthetic addition task (kojudge.synthetic), in two stages.
 
-    python -m kojudge.train.demo_judge --out engine/demo_judge [--sft-steps 1200] [--grpo-steps 40]
+    python -m kojudge.train.demo_judge --out engine/demo_judge [--check-steps 600] [--sft-steps 1200] [--grpo-steps 40]
 
+0. Optionally (--check-steps), SFT on the judge's own check alone: question in, check out.
 1. SFT on PairJudge verdicts (recompute the sum in the judge's own form, compare each response's
    answer digit by digit, give the verdict tags) mixed with pointwise judgments (PaTaRM tags, a 0-10
    score in <answer>).
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from kojudge.judgment_format import fill_placeholders
 from kojudge.pairjudge import SYSTEM_PROMPT
-from kojudge.synthetic import judgment, make_problem, pointwise_judgment, sample_candidates
+from kojudge.synthetic import judgment, make_problem, pointwise_judgment, reference_check, sample_candidates
 
 TEMPLATE = "Q: {question}\n\nA:\n{response_a}\n\nB:\n{response_b}\n\nJudge A and B."
 POINTWISE_TEMPLATE = "Rubric: the final answer is the exact sum.\nQ: {prompt}\n\nR:\n{response}\n\nScore R from 0 to 10."
@@ -62,6 +63,15 @@ def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8,
                                             "response_b": response_b})
         conversations.append([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
                               {"role": "assistant", "content": judgment(problem, a, b)}])
+
+
+def check_conversations(count: int, seed: int) -> list[list[dict[str, str]]]:
+    """Curriculum stage: the question alone, answered by the judge's own check. With no responses in
+    the prompt there is nothing to copy, and the same model learns the column digit exactly in minutes
+    (it plateaus near 84% when it first meets the check inside full judge prompts)."""
+    rng = random.Random(seed)
+    return [[{"role": "user", "content": problem.question}, {"role": "assistant", "content": reference_check(problem)}]
+            for problem in (make_problem(rng) for _ in range(count))]
 
 
 def pointwise_conversations(count: int, seed: int, candidates_per_problem: int = 8,
@@ -106,6 +116,14 @@ def write_templates(directory: str | Path) -> None:
     (directory / POINTWISE_FILE).write_text(POINTWISE_TEMPLATE)
 
 
+def _judge_sft_data(args: argparse.Namespace) -> list[list[dict[str, str]]]:
+    pointwise = int(args.examples * POINTWISE_FRACTION)
+    conversations = (judge_conversations(args.examples - pointwise, args.seed, answer_only=args.answer_only)
+                     + pointwise_conversations(pointwise, args.seed + 1, answer_only=args.answer_only))
+    random.Random(args.seed).shuffle(conversations)
+    return conversations
+
+
 def main(argv: list[str] | None = None) -> None:
     from kojudge.tiny import make_tiny_model
     from kojudge.train.config import GRPOConfig, SFTConfig
@@ -116,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="where the trained judge directory goes")
     parser.add_argument("--work", help="scratch directory: data, checkpoints, metrics (default: OUT.work)")
     parser.add_argument("--examples", type=int, default=60_000, help="SFT conversations")
+    parser.add_argument("--check-steps", type=int, default=0,
+                        help="curriculum: first train this many steps on the check alone (question -> check)")
     parser.add_argument("--sft-steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--grpo-steps", type=int, default=40)
@@ -136,23 +156,21 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     write_templates(work)
     model = Path(args.init) if args.init else None
-    if args.sft_steps > 0:
-        pointwise = int(args.examples * POINTWISE_FRACTION)
-        conversations = (judge_conversations(args.examples - pointwise, args.seed, answer_only=args.answer_only)
-                         + pointwise_conversations(pointwise, args.seed + 1, answer_only=args.answer_only))
-        random.Random(args.seed).shuffle(conversations)
-        sft_data = _write_jsonl(work / "sft.jsonl", [{"messages": c} for c in conversations])
-        if model is None:
-            model = make_tiny_model(work / "base", "qwen2", char_tokenizer=True, hidden_size=args.hidden,
-                                    num_layers=args.layers, num_heads=4, num_kv_heads=2,
-                                    intermediate_size=4 * args.hidden, max_position_embeddings=1024,
-                                    initializer_range=0.02, seed=args.seed)
-        train_sft(SFTConfig(model=str(model), data=str(sft_data), output=str(work / "sft"), max_length=1024,
-                            batch_size=args.batch_size, max_steps=args.sft_steps, lr=args.lr, warmup_steps=30,
-                            weight_decay=args.weight_decay,
-                            dtype=args.dtype, save_every=max(100, args.sft_steps // 6), eval_every=10**9,
-                            seed=args.seed))
-        model = work / "sft" / "final"
+    if model is None and (args.check_steps > 0 or args.sft_steps > 0):
+        model = make_tiny_model(work / "base", "qwen2", char_tokenizer=True, hidden_size=args.hidden,
+                                num_layers=args.layers, num_heads=4, num_kv_heads=2, intermediate_size=4 * args.hidden,
+                                max_position_embeddings=1024, initializer_range=0.02, seed=args.seed)
+    stages = [("check", args.check_steps, lambda: check_conversations(args.examples, args.seed + 3)),
+              ("sft", args.sft_steps, lambda: _judge_sft_data(args))]
+    for name, steps, conversations in stages:
+        if steps <= 0:
+            continue
+        data = _write_jsonl(work / f"{name}.jsonl", [{"messages": c} for c in conversations()])
+        train_sft(SFTConfig(model=str(model), data=str(data), output=str(work / name), max_length=1024,
+                            batch_size=args.batch_size, max_steps=steps, lr=args.lr, warmup_steps=30,
+                            weight_decay=args.weight_decay, dtype=args.dtype, save_every=max(100, steps // 6),
+                            eval_every=10**9, seed=args.seed))
+        model = work / name / "final"
     if model is None:
         raise SystemExit("nothing to train: --sft-steps 0 needs --init")
     if args.grpo_steps > 0:
