@@ -171,6 +171,7 @@ def bench(args: argparse.Namespace) -> None:
 def train(args: argparse.Namespace) -> None:
     """SFT or GRPO-PAR from a YAML / JSON config; under torchrun, FSDP2 across the processes."""
     from kojudge.train.config import GRPOConfig, SFTConfig, load_train_config
+    from kojudge.train.distributed import close_distributed
 
     if args.stage == "sft":
         from kojudge.train.sft import train_sft
@@ -180,6 +181,7 @@ def train(args: argparse.Namespace) -> None:
         from kojudge.train.grpo import train_grpo
 
         train_grpo(load_train_config(args.config, GRPOConfig), progress=not args.no_progress)
+    close_distributed()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,14 @@ def init_distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def close_distributed() -> None:
+    """Wait for every rank, then tear the process group down. A rank that leaves while another still
+    writes (rank 0 saving weights) can abort inside gloo's teardown."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(value: float, world: int) -> float:
     if world == 1:
         return value
