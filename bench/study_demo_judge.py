@@ -18,8 +18,8 @@ FORMATS = [("knockout", False), ("knockout", True), ("swiss", False), ("round_ro
 
 
 def main() -> None:
-    from kojudge.demo import (SHIPPED_JUDGE, baseline_accuracy, held_out_set, pointwise_picks, run_demo,
-                              run_tournaments, verdict_accuracy)
+    from kojudge.demo import (SHIPPED_JUDGE, baseline_accuracy, cached_prompt_ratio, held_out_set, pick_accuracy,
+                              pointwise_picks, run_demo, run_tournaments, verdict_accuracy)
     from kojudge.engine import Engine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -39,12 +39,11 @@ def main() -> None:
         start = time.perf_counter()
         results = run_tournaments(engine, args.judge, problems, candidates, format=fmt, both_orders=both, seed=args.seed)
         seconds = time.perf_counter() - start
-        stats = engine.stats()
         name = fmt + (" (both orders)" if both else "")
-        rows[name] = {"accuracy": sum(cs[r.winner].correct for cs, r in zip(candidates, results)) / args.questions,
+        rows[name] = {"accuracy": pick_accuracy(candidates, [r.winner for r in results]),
                       "calls_per_question": sum(r.judge_calls for r in results) / args.questions,
                       "seconds": seconds, "calls_per_s": sum(r.judge_calls for r in results) / seconds,
-                      "cached_prompt_ratio": stats["cached_prompt_tokens"] / max(1, stats["prompt_tokens"]),
+                      "cached_prompt_ratio": cached_prompt_ratio(engine),
                       "verdict_accuracy": verdict_accuracy(candidates, results)}
         print(name, rows[name])
     engine = Engine(args.judge)
@@ -52,7 +51,7 @@ def main() -> None:
     picks = pointwise_picks(engine, args.judge, problems, candidates, args.pointwise_samples, 400, args.seed)
     distinct = len({(p.question, c.text) for p, cs in zip(problems, candidates) for c in cs})
     rows["pointwise mean vote"] = {
-        "accuracy": sum(cs[i].correct for cs, i in zip(candidates, picks)) / args.questions,
+        "accuracy": pick_accuracy(candidates, picks),
         "calls_per_question": distinct * args.pointwise_samples / args.questions,
         "seconds": time.perf_counter() - start}
     print("pointwise mean vote", rows["pointwise mean vote"])

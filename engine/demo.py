@@ -57,6 +57,17 @@ def run_tournaments(engine, judge_dir: str | Path, problems, candidates, *, form
                                 seed=seed, on_result=(lambda i, r: bar.update(1)) if bar is not None else None)
 
 
+def pick_accuracy(candidates, picks: list[int]) -> float:
+    """Share of questions whose picked candidate is right."""
+    return sum(cs[i].correct for cs, i in zip(candidates, picks)) / len(candidates)
+
+
+def cached_prompt_ratio(engine) -> float:
+    """Prompt tokens served from the prefix cache / all prompt tokens, so far."""
+    stats = engine.stats()
+    return stats["cached_prompt_tokens"] / max(1, stats["prompt_tokens"])
+
+
 def verdict_accuracy(candidates, results) -> dict[str, float]:
     """Share of verdicts that match the truth, on truly right and on truly wrong candidates."""
     verdicts = {"right": [], "wrong": []}
@@ -93,17 +104,17 @@ def run_demo(judge_dir: str | Path, questions: int = 200, n: int = 8, seed: int 
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
-    stats = engine.stats()
+    cached_ratio = cached_prompt_ratio(engine)  # the knockout's, before the pointwise rollouts
     picks = pointwise_picks(engine, judge_dir, problems, candidates, pointwise_samples, max_tokens, seed)
     baselines = baseline_accuracy(problems, candidates, seed)
-    accuracy = {"knockout": sum(cs[r.winner].correct for cs, r in zip(candidates, results)) / questions,
+    accuracy = {"knockout": pick_accuracy(candidates, [r.winner for r in results]),
                 "random pick": baselines["random pick"],
                 "answer majority vote": baselines["answer majority vote"],
-                "pointwise mean vote": sum(cs[i].correct for cs, i in zip(candidates, picks)) / questions,
+                "pointwise mean vote": pick_accuracy(candidates, picks),
                 "oracle": baselines["oracle"]}
     return DemoReport(
         questions=questions, n=n, accuracy=accuracy, judge_calls=sum(r.judge_calls for r in results),
-        seconds=seconds, cached_ratio=stats["cached_prompt_tokens"] / max(1, stats["prompt_tokens"]),
+        seconds=seconds, cached_ratio=cached_ratio,
         verdict_accuracy=verdict_accuracy(candidates, results),
     )
 
