@@ -105,6 +105,31 @@ def test_two_process_fsdp_step_equals_single_process(tmp_path, sft_setup):
     assert any(not torch.equal(before[n], single[n]) for n in single)  # the step did move the weights
 
 
+def test_token_logprobs_padding_changes_nothing(sft_setup):
+    """The training module pads packed batches to a multiple of SHAPE_MULTIPLE tokens (a leak fix); the
+    log-probs and gradients of the real tokens must be those of the unpadded batch."""
+    from kojudge.attention import CausalVarlenAttention
+    from kojudge.train.common import build_policy
+    from kojudge.train.distributed import SHAPE_MULTIPLE
+
+    module = build_policy(sft_setup[0], 1, "float32")
+    lengths = [37, 1, 90]
+    cu = [0, 37, 38, 128]
+    ids = torch.randint(3, 60, (128,), generator=torch.Generator().manual_seed(0))
+    positions = torch.cat([torch.arange(n) for n in lengths])
+    targets = ids.roll(-1)
+    got = module(ids, positions, cu, targets)
+    assert got.shape == (128,) and 128 % SHAPE_MULTIPLE
+    got.sum().backward()
+    padded_grad = module.model.embed_tokens.weight.grad.clone()
+    module.zero_grad()
+    hidden = module.model(ids, positions, CausalVarlenAttention(cu))
+    want = torch.log_softmax(module.model.logits(hidden), -1).gather(-1, targets[:, None])[:, 0]
+    want.sum().backward()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded_grad, module.model.embed_tokens.weight.grad, atol=1e-5, rtol=1e-5)
+
+
 def test_train_config_errors_name_the_setting(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: m\ndata: d\noutput: o\nlearning_rate: 1\n")

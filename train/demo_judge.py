@@ -24,8 +24,11 @@ from kojudge.judgment_format import fill_placeholders
 from kojudge.pairjudge import SYSTEM_PROMPT
 from kojudge.synthetic import judgment, make_problem, pointwise_judgment, reference_check, sample_candidates
 
-TEMPLATE = "Q: {question}\n\nA:\n{response_a}\n\nB:\n{response_b}\n\nJudge A and B."
-POINTWISE_TEMPLATE = "Rubric: the final answer is the exact sum.\nQ: {prompt}\n\nR:\n{response}\n\nScore R from 0 to 10."
+# The question comes last, right before the judgment, as in the check stage's prompts (the question
+# alone): the check reads the operands at the same distance in both, so what that stage learned carries
+# over. With the question first, the judge had to relearn reading it hundreds of characters back.
+TEMPLATE = "A:\n{response_a}\n\nB:\n{response_b}\n\nJudge A and B.\n{question}"
+POINTWISE_TEMPLATE = "R:\n{response}\n\nScore R from 0 to 10; rubric: the final answer is the exact sum.\n{prompt}"
 PAIRWISE_FILE, POINTWISE_FILE = "judge_template.md", "pointwise_template.md"
 POINTWISE_FRACTION = 0.25  # of SFT conversations; the rest are pairwise verdicts
 # Share of SFT conversations whose responses show only their final line. With the work always
