@@ -128,9 +128,13 @@ def _compare(answer: int, truth: int) -> str:
 
 
 def judgment(problem: Problem, a: Candidate, b: Candidate) -> str:
-    """A PairJudge-format judgment: recompute, compare each answer digit by digit, then the verdict tags."""
+    """A PairJudge-format judgment: read both final answers, recompute, compare each answer digit by
+    digit, then the verdict tags. The answers are read before the check exists: read after it, a judge
+    learns to write its own sum for theirs (right for most digits) instead of reading them."""
     verdict = {True: "Correct", False: "Incorrect"}
     return "\n".join([
+        f"A says {a.answer}",
+        f"B says {b.answer}",
         reference_check(problem),
         f"A {_compare(a.answer, problem.answer)}",
         f"B {_compare(b.answer, problem.answer)}",
@@ -149,8 +153,9 @@ def pointwise_score(candidate: Candidate, problem: Problem) -> int:
 
 
 def pointwise_judgment(problem: Problem, candidate: Candidate) -> str:
-    """A PaTaRM-format judgment of one candidate: recompute, a rubric, the comparison, a 0-10 score."""
-    return (f"<think>{reference_check(problem)}</think>"
+    """A PaTaRM-format judgment of one candidate: read its answer, recompute, a rubric, the comparison,
+    a 0-10 score (read first for the reason given in `judgment`)."""
+    return (f"<think>R says {candidate.answer}\n{reference_check(problem)}</think>"
             f"<generate_rubrics>every digit must match</generate_rubrics>"
             f"<eval>{_compare(candidate.answer, problem.answer)}</eval>"
             f"<answer>{pointwise_score(candidate, problem)}</answer>")
