@@ -119,12 +119,13 @@ def reference_check(problem: Problem) -> str:
 
 
 def _compare(answer: int, truth: int) -> str:
-    """Side by side, right-aligned, one mark per digit: = same, x different."""
+    """Digit by digit, right-aligned: per digit theirs, mine, then = (same) or x (different), so each
+    mark compares the two characters just before it (a tiny judge did not learn to compare digits of
+    two numbers written apart: "10914 vs 10922 =====")."""
     mine, theirs = str(truth), str(answer)
     width = max(len(mine), len(theirs))
     mine, theirs = mine.rjust(width, "_"), theirs.rjust(width, "_")
-    marks = "".join("=" if x == y else "x" for x, y in zip(mine, theirs))
-    return f"{theirs} vs {mine} {marks}"
+    return " ".join(f"{t}{m}{'=' if t == m else 'x'}" for t, m in zip(theirs, mine))
 
 
 def judgment(problem: Problem, a: Candidate, b: Candidate) -> str:

@@ -125,3 +125,28 @@ def test_check_curriculum_answers_the_bare_question_with_the_check():
         a, b = (int(x) for x in user["content"].removeprefix("What is ").removesuffix("?").split(" + "))
         assert assistant["content"].endswith(f"= {a + b}") and "col" not in user["content"]
         assert assistant["content"] == reference_check(Problem(a, b, 4))
+
+
+def test_far_off_responses_are_wrong_on_many_digits_and_judged_so():
+    import re
+
+    from kojudge.answers import extract_final_answer
+    from kojudge.train.demo_judge import judge_conversations
+
+    def digits_off(line: str) -> int:
+        return line.removeprefix("A ").removeprefix("B ").count("x")
+
+    plain = judge_conversations(200, seed=6, far_off=0.0, answer_only=0.0)
+    mixed = judge_conversations(200, seed=6, far_off=1.0, answer_only=0.0)
+    for conversations in (plain, mixed):
+        for _, user, assistant in conversations:
+            question = user["content"].splitlines()[-1]
+            a, b = (int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" + "))
+            responses = re.split(r"\n\nB:\n", user["content"].removeprefix("A:\n"))
+            said = [int(extract_final_answer(r)) for r in responses]
+            lines = assistant["content"].splitlines()
+            assert lines[:2] == [f"A says {said[0]}", f"B says {said[1]}"] and said[0] != said[1]
+            verdicts = re.findall(r"<resp_[ab]_judge>(\w+)<", assistant["content"])
+            assert verdicts == ["Correct" if s == a + b else "Incorrect" for s in said]
+    off = lambda convs: sum(digits_off(line) for c in convs for line in c[2]["content"].splitlines()[3:5]) / len(convs)
+    assert off(mixed) > 2 * off(plain)

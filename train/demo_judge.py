@@ -22,7 +22,8 @@ from pathlib import Path
 
 from kojudge.judgment_format import fill_placeholders
 from kojudge.pairjudge import SYSTEM_PROMPT
-from kojudge.synthetic import judgment, make_problem, pointwise_judgment, reference_check, sample_candidates
+from kojudge.synthetic import (Candidate, Problem, judgment, make_problem, pointwise_judgment, reference_check,
+                               sample_candidates, worked_solution)
 
 # The question comes last, right before the judgment, as in the check stage's prompts (the question
 # alone): the check reads the operands at the same distance in both, so what that stage learned carries
@@ -35,6 +36,10 @@ POINTWISE_FRACTION = 0.25  # of SFT conversations; the rest are pairwise verdict
 # visible, the judge learns to copy column sums from the responses (and copies their slips) instead
 # of adding; without it, adding is the only way to the check.
 ANSWER_ONLY_FRACTION = 0.5
+# Share of SFT judgments in which one response is far off (it read a whole operand wrong). Realistic
+# slips change one or two digits, so a judge that restates its own sum for theirs is right on most
+# digits and never learns to read; against far-off answers that shortcut fails on every digit.
+FAR_OFF_FRACTION = 0.3
 
 
 def _shown(texts: list[str], rng: random.Random, answer_only: float) -> list[str]:
@@ -43,14 +48,27 @@ def _shown(texts: list[str], rng: random.Random, answer_only: float) -> list[str
     return [t.splitlines()[-1] for t in texts] if answer_only > 0 and rng.random() < answer_only else texts
 
 
+def _far_off(problem: Problem, rng: random.Random) -> Candidate:
+    """A wrong candidate whose work is self-consistent but starts from a misread first operand."""
+    misread = make_problem(rng, problem.digits).a
+    text, answer = worked_solution(Problem(misread, problem.b, problem.digits)).text, misread + problem.b
+    return Candidate(text, answer, answer == problem.answer)
+
+
+def _with_far_off(pair: list[Candidate], problem: Problem, rng: random.Random, far_off: float) -> list[Candidate]:
+    if far_off > 0 and rng.random() < far_off:
+        pair[rng.randrange(len(pair))] = _far_off(problem, rng)
+    return pair
+
+
 def _problems(rng: random.Random, candidates_per_problem: int):
     while True:
         problem = make_problem(rng)
         yield problem, sample_candidates(problem, candidates_per_problem, rng)
 
 
-def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8,
-                        answer_only: float = ANSWER_ONLY_FRACTION) -> list[list[dict[str, str]]]:
+def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8, answer_only: float = ANSWER_ONLY_FRACTION,
+                        far_off: float = FAR_OFF_FRACTION) -> list[list[dict[str, str]]]:
     """Judged pairs as the knockout asks for them: two candidates with different final answers, in
     random order (so both slots see right and wrong answers)."""
     rng, conversations = random.Random(seed), []
@@ -60,7 +78,9 @@ def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8,
         pairs = [(a, b) for a in candidates for b in candidates if a.answer != b.answer]
         if not pairs:
             continue
-        a, b = rng.choice(pairs)
+        a, b = _with_far_off(list(rng.choice(pairs)), problem, rng, far_off)
+        if a.answer == b.answer:
+            continue
         response_a, response_b = _shown([a.text, b.text], rng, answer_only)
         user = fill_placeholders(TEMPLATE, {"question": problem.question, "response_a": response_a,
                                             "response_b": response_b})
@@ -78,7 +98,8 @@ def check_conversations(count: int, seed: int) -> list[list[dict[str, str]]]:
 
 
 def pointwise_conversations(count: int, seed: int, candidates_per_problem: int = 8,
-                            answer_only: float = ANSWER_ONLY_FRACTION) -> list[list[dict[str, str]]]:
+                            answer_only: float = ANSWER_ONLY_FRACTION,
+                            far_off: float = FAR_OFF_FRACTION) -> list[list[dict[str, str]]]:
     """One candidate judged on its own, right and wrong ones equally often (as PointwiseJudge asks)."""
     rng, conversations = random.Random(seed), []
     for problem, candidates in _problems(rng, candidates_per_problem):
@@ -86,7 +107,8 @@ def pointwise_conversations(count: int, seed: int, candidates_per_problem: int =
             return conversations
         by_truth = [[c for c in candidates if c.correct == truth] for truth in (True, False)]
         pool = by_truth[rng.random() < 0.5] or by_truth[0] or by_truth[1]
-        candidate = rng.choice(pool)
+        candidate_is_right = pool[0].correct
+        candidate = rng.choice(pool) if candidate_is_right or rng.random() >= far_off else _far_off(problem, rng)
         user = fill_placeholders(POINTWISE_TEMPLATE, {"prompt": problem.question,
                                                       "response": _shown([candidate.text], rng, answer_only)[0]})
         conversations.append([{"role": "user", "content": user},
@@ -121,8 +143,10 @@ def write_templates(directory: str | Path) -> None:
 
 def _judge_sft_data(args: argparse.Namespace) -> list[list[dict[str, str]]]:
     pointwise = int(args.examples * POINTWISE_FRACTION)
-    conversations = (judge_conversations(args.examples - pointwise, args.seed, answer_only=args.answer_only)
-                     + pointwise_conversations(pointwise, args.seed + 1, answer_only=args.answer_only))
+    conversations = (judge_conversations(args.examples - pointwise, args.seed, answer_only=args.answer_only,
+                                         far_off=args.far_off)
+                     + pointwise_conversations(pointwise, args.seed + 1, answer_only=args.answer_only,
+                                               far_off=args.far_off))
     random.Random(args.seed).shuffle(conversations)
     return conversations
 
@@ -148,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--answer-only", type=float, default=ANSWER_ONLY_FRACTION,
                         help="share of SFT prompts whose responses show only their final line")
+    parser.add_argument("--far-off", type=float, default=FAR_OFF_FRACTION,
+                        help="share of SFT judgments with one far-off response (a whole operand misread)")
     parser.add_argument("--grpo-lr", type=float, default=5e-5)
     parser.add_argument("--init", help="start from this model directory instead of a fresh random model "
                                        "(to continue training a judge; --sft-steps 0 runs only GRPO)")
