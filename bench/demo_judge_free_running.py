@@ -2,42 +2,67 @@
 own check is exactly right, per-cell accuracy, verdict accuracy on right and wrong candidates, and the
 (A, B) verdict pattern (a judge stuck in one order shows a single pattern).
 
-    python bench/demo_judge_free_running.py JUDGE_DIR [PAIRS] [answer-only]
+    python bench/demo_judge_free_running.py JUDGE_DIR [--pairs 100] [--answer-only] [--show 3]
 """
+from __future__ import annotations
+
+import argparse
 import random
 import re
-import sys
+from collections import Counter
 
 import kojudge
 from kojudge.demo import held_out_set
-from kojudge.pairjudge import PairJudge, STOP, parse_verdict
+from kojudge.pairjudge import STOP, PairJudge, parse_verdict
 from kojudge.sampling import SamplingParams
 from kojudge.synthetic import reference_check
-judge_dir = sys.argv[1]; npairs = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-answer_only = len(sys.argv) > 3
-engine = kojudge.Engine(judge_dir)
-judge = PairJudge(engine, template=f"{judge_dir}/judge_template.md")
-problems, cands = held_out_set(npairs, 8, seed=7)
-rng = random.Random(0); items = []
-for p, cs in zip(problems, cands):
-    pairs = [(a, b) for a in cs for b in cs if a.answer != b.answer]
-    if pairs: items.append((p, *rng.choice(pairs)))
-show = (lambda t: t.splitlines()[-1]) if answer_only else (lambda t: t)
-prompts = [judge.prompt_ids(p.question, show(a.text), show(b.text)) for p, a, b in items]
-outs = engine.generate(prompts, SamplingParams(max_tokens=300, stop=[STOP], include_stop_str_in_output=True))
-check_ok = cell_ok = cells = 0; right = {True: [0, 0], False: [0, 0]}; aa = {}
-for (p, a, b), o in zip(items, outs):
-    first = next((l for l in o.text.splitlines() if l.startswith("check")), "")
-    ref = reference_check(p)
-    check_ok += first == ref
-    got, want = re.findall(r"\[[^\]]*\]", first), re.findall(r"\[[^\]]*\]", ref)
-    cells += len(want); cell_ok += sum(x == y for x, y in zip(got, want))
-    v = parse_verdict(o.text)
-    for c, verdict in ((a, v.a_correct), (b, v.b_correct)):
-        right[c.correct][0] += verdict == c.correct; right[c.correct][1] += 1
-    key = (v.a_correct, v.b_correct); aa[key] = aa.get(key, 0) + 1
-print(f"{judge_dir} {'answer-only' if answer_only else 'work shown'}: {len(items)} pairs; own check exact {check_ok/len(items):.2f}, cells {cell_ok/cells:.3f}")
-print(f"verdict right on right {right[True][0]}/{right[True][1]}, on wrong {right[False][0]}/{right[False][1]}; (A,B) verdicts {aa}")
-print("example:", repr(outs[0].text[:300]))
-for (p, a, b), o in list(zip(items, outs))[:3]:
-    print(p.question, "| ref:", reference_check(p)); print("  got:", o.text[:120])
+
+CELL = re.compile(r"\[[^\]]*\]")
+
+
+def held_out_pairs(count: int):
+    """One pair with different final answers per held-out question (a seed the demo table does not use)."""
+    problems, candidates = held_out_set(count, 8, seed=7)
+    rng, pairs = random.Random(0), []
+    for problem, cands in zip(problems, candidates):
+        options = [(a, b) for a in cands for b in cands if a.answer != b.answer]
+        if options:
+            pairs.append((problem, *rng.choice(options)))
+    return pairs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("judge")
+    parser.add_argument("--pairs", type=int, default=100, help="held-out questions (one pair each)")
+    parser.add_argument("--answer-only", action="store_true", help="show only the responses' final lines")
+    parser.add_argument("--show", type=int, default=3, help="judgments to print")
+    args = parser.parse_args()
+    engine = kojudge.Engine(args.judge)
+    judge = PairJudge(engine, template=f"{args.judge}/judge_template.md")
+    pairs = held_out_pairs(args.pairs)
+    shown = (lambda text: text.splitlines()[-1]) if args.answer_only else (lambda text: text)
+    prompts = [judge.prompt_ids(p.question, shown(a.text), shown(b.text)) for p, a, b in pairs]
+    outputs = engine.generate(prompts, SamplingParams(max_tokens=300, stop=[STOP], include_stop_str_in_output=True))
+    exact = cells_right = cells = 0
+    right, total, patterns = Counter(), Counter(), Counter()
+    for (problem, a, b), out in zip(pairs, outputs):
+        check = next((line for line in out.text.splitlines() if line.startswith("check")), "")
+        want = reference_check(problem)
+        exact += check == want
+        cells += len(CELL.findall(want))
+        cells_right += sum(x == y for x, y in zip(CELL.findall(check), CELL.findall(want)))
+        verdict = parse_verdict(out.text)
+        for candidate, said in ((a, verdict.a_correct), (b, verdict.b_correct)):
+            right[candidate.correct] += said == candidate.correct
+            total[candidate.correct] += 1
+        patterns[(verdict.a_correct, verdict.b_correct)] += 1
+    print(f"{args.judge} ({'answer-only' if args.answer_only else 'work shown'}, {len(pairs)} pairs): own check "
+          f"exact {exact / len(pairs):.2f}, cells {cells_right / cells:.3f}; verdicts right on right "
+          f"{right[True]}/{total[True]}, on wrong {right[False]}/{total[False]}; (A, B) verdicts {dict(patterns)}")
+    for (problem, a, b), out in list(zip(pairs, outputs))[: args.show]:
+        print(f"{problem.question} = {problem.answer}; A {a.answer}, B {b.answer}\n    {out.text!r}")
+
+
+if __name__ == "__main__":
+    main()
