@@ -118,7 +118,7 @@ def reference_check(problem: Problem) -> str:
     return f"check {''.join(cells)} = {problem.answer}"
 
 
-def _compare(answer: int, truth: int) -> str:
+def compare_digits(answer: int, truth: int) -> str:
     """Digit by digit, right-aligned: per digit theirs, mine, then = (same) or x (different), so each
     mark compares the two characters just before it (a tiny judge did not learn to compare digits of
     two numbers written apart: "10914 vs 10922 =====")."""
@@ -137,8 +137,8 @@ def judgment(problem: Problem, a: Candidate, b: Candidate) -> str:
         f"A says {a.answer}",
         f"B says {b.answer}",
         reference_check(problem),
-        f"A {_compare(a.answer, problem.answer)}",
-        f"B {_compare(b.answer, problem.answer)}",
+        f"A {compare_digits(a.answer, problem.answer)}",
+        f"B {compare_digits(b.answer, problem.answer)}",
         f"<resp_a_judge>{verdict[a.correct]}</resp_a_judge>",
         f"<resp_b_judge>{verdict[b.correct]}</resp_b_judge>",
     ])
@@ -158,5 +158,5 @@ def pointwise_judgment(problem: Problem, candidate: Candidate) -> str:
     a 0-10 score (read first for the reason given in `judgment`)."""
     return (f"<think>R says {candidate.answer}\n{reference_check(problem)}</think>"
             f"<generate_rubrics>every digit must match</generate_rubrics>"
-            f"<eval>{_compare(candidate.answer, problem.answer)}</eval>"
+            f"<eval>{compare_digits(candidate.answer, problem.answer)}</eval>"
             f"<answer>{pointwise_score(candidate, problem)}</answer>")

@@ -117,14 +117,23 @@ def test_preference_pairs_put_a_right_candidate_against_a_wrong_one():
         assert extract_final_answer(pair["chosen"]) == str(a + b) != extract_final_answer(pair["rejected"])
 
 
-def test_check_curriculum_answers_the_bare_question_with_the_check():
-    from kojudge.synthetic import reference_check
+def test_check_curriculum_answers_the_bare_question_with_the_check_or_compares_digits():
+    from kojudge.synthetic import compare_digits, reference_check
     from kojudge.train.demo_judge import check_conversations
 
-    for user, assistant in check_conversations(20, seed=5):
-        a, b = (int(x) for x in user["content"].removeprefix("What is ").removesuffix("?").split(" + "))
-        assert assistant["content"].endswith(f"= {a + b}") and "col" not in user["content"]
-        assert assistant["content"] == reference_check(Problem(a, b, 4))
+    kinds = set()
+    for user, assistant in check_conversations(40, seed=5):
+        if user["content"].startswith("What is "):
+            a, b = (int(x) for x in user["content"].removeprefix("What is ").removesuffix("?").split(" + "))
+            assert assistant["content"].endswith(f"= {a + b}") and "col" not in user["content"]
+            assert assistant["content"] == reference_check(Problem(a, b, 4))
+            kinds.add("check")
+        else:
+            theirs, mine = (int(x) for x in user["content"].split())
+            assert assistant["content"] == compare_digits(theirs, mine)
+            kinds.add("compare")
+    assert kinds == {"check", "compare"}
+    assert compare_digits(10914, 10922) == "11= 00= 99= 12x 42x" and compare_digits(9922, 10922) == "_1x 90x 99= 22= 22="
 
 
 def test_far_off_responses_are_wrong_on_many_digits_and_judged_so():

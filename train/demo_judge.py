@@ -22,8 +22,8 @@ from pathlib import Path
 
 from kojudge.judgment_format import fill_placeholders
 from kojudge.pairjudge import SYSTEM_PROMPT
-from kojudge.synthetic import (Candidate, Problem, judgment, make_problem, pointwise_judgment, reference_check,
-                               sample_candidates, worked_solution)
+from kojudge.synthetic import (Candidate, Problem, compare_digits, judgment, make_problem, pointwise_judgment,
+                               reference_check, sample_candidates, worked_solution)
 
 # The question comes last, right before the judgment, as in the check stage's prompts (the question
 # alone): the check reads the operands at the same distance in both, so what that stage learned carries
@@ -91,10 +91,20 @@ def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8, 
 def check_conversations(count: int, seed: int) -> list[list[dict[str, str]]]:
     """Curriculum stage: the question alone, answered by the judge's own check. With no responses in
     the prompt there is nothing to copy, and the same model learns the column digit exactly in minutes
-    (it plateaus near 84% when it first meets the check inside full judge prompts)."""
-    rng = random.Random(seed)
-    return [[{"role": "user", "content": problem.question}, {"role": "assistant", "content": reference_check(problem)}]
-            for problem in (make_problem(rng) for _ in range(count))]
+    (it plateaus near 84% when it first meets the check inside full judge prompts). Half the
+    conversations are the digit-by-digit comparison of an answer with the sum: a fresh model learns the
+    marks exactly in 300 steps, a trained judge no longer does (it stays at the "=" base rate)."""
+    rng, conversations = random.Random(seed), []
+    for _ in range(count):
+        problem = make_problem(rng)
+        if rng.random() < 0.5:
+            conversations.append([{"role": "user", "content": problem.question},
+                                  {"role": "assistant", "content": reference_check(problem)}])
+        else:
+            answer = rng.choice(sample_candidates(problem, 8, rng)).answer
+            conversations.append([{"role": "user", "content": f"{answer} {problem.answer}"},
+                                  {"role": "assistant", "content": compare_digits(answer, problem.answer)}])
+    return conversations
 
 
 def pointwise_conversations(count: int, seed: int, candidates_per_problem: int = 8,
