@@ -113,7 +113,7 @@ def test_preference_pairs_put_a_right_candidate_against_a_wrong_one():
     pairs = preference_pairs(30, seed=4)
     assert len({p["id"] for p in pairs}) == 30
     for pair in pairs:
-        a, b = (int(x) for x in pair["prompt"].removeprefix("What is ").removesuffix("?").split(" + "))
+        a, b = _operands(pair["prompt"])
         assert extract_final_answer(pair["chosen"]) == str(a + b) != extract_final_answer(pair["rejected"])
 
 
@@ -124,7 +124,7 @@ def test_check_curriculum_answers_the_bare_question_with_the_check_or_compares_d
     kinds = set()
     for user, assistant in check_conversations(40, seed=5):
         if user["content"].startswith("What is "):
-            a, b = (int(x) for x in user["content"].removeprefix("What is ").removesuffix("?").split(" + "))
+            a, b = _operands(user["content"])
             assert assistant["content"].endswith(f"= {a + b}") and "col" not in user["content"]
             assert assistant["content"] == reference_check(Problem(a, b, 4))
             kinds.add("check")
@@ -150,7 +150,7 @@ def test_far_off_responses_are_wrong_on_many_digits_and_judged_so():
     for conversations in (plain, mixed):
         for _, user, assistant in conversations:
             question = user["content"].splitlines()[-1]
-            a, b = (int(x) for x in question.removeprefix("What is ").removesuffix("?").split(" + "))
+            a, b = _operands(question)
             responses = re.split(r"\n\nB:\n", user["content"].removeprefix("A:\n"))
             said = [int(extract_final_answer(r)) for r in responses]
             lines = assistant["content"].splitlines()
@@ -159,3 +159,9 @@ def test_far_off_responses_are_wrong_on_many_digits_and_judged_so():
             assert verdicts == ["Correct" if s == a + b else "Incorrect" for s in said]
     off = lambda convs: sum(digits_off(line) for c in convs for line in c[2]["content"].splitlines()[3:5]) / len(convs)
     assert off(mixed) > 2 * off(plain)
+
+
+def _operands(question: str) -> tuple[int, int]:
+    """(a, b) of "What is a + b?"."""
+    a, b = question.removeprefix("What is ").removesuffix("?").split(" + ")
+    return int(a), int(b)

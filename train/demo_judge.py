@@ -1,9 +1,10 @@
 """Builds the small demo judge: a Qwen2-shaped model with a byte-level tokenizer, trained with our
-own trainer on the synthetic addition task (kojudge.synthetic), in two stages.
+own trainer on the synthetic addition task (kojudge.synthetic), in up to three stages.
 
     python -m kojudge.train.demo_judge --out engine/demo_judge [--check-steps 600] [--sft-steps 1200] [--grpo-steps 40]
 
-0. Optionally (--check-steps), SFT on the judge's own check alone: question in, check out.
+0. Optionally (--check-steps), SFT on the judgment's two skills alone: the judge's own check (question
+   in, check out) and the digit-by-digit comparison (an answer and the sum in, the marks out).
 1. SFT on PairJudge verdicts (recompute the sum in the judge's own form, compare each response's
    answer digit by digit, give the verdict tags) mixed with pointwise judgments (PaTaRM tags, a 0-10
    score in <answer>).
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", help="scratch directory: data, checkpoints, metrics (default: OUT.work)")
     parser.add_argument("--examples", type=int, default=60_000, help="SFT conversations")
     parser.add_argument("--check-steps", type=int, default=0,
-                        help="curriculum: first train this many steps on the check alone (question -> check)")
+                        help="curriculum: first train this many steps on the check and the comparison alone")
     parser.add_argument("--sft-steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--grpo-steps", type=int, default=40)
