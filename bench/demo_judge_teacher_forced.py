@@ -26,7 +26,7 @@ def token_kinds(judgment: str) -> list[str]:
     for m in CELL.finditer(judgment):
         for group, kind in zip(range(1, 5), ("a", "b", "cin", "digit")):
             kinds[m.start(group)] = kind
-    for m in re.finditer(r"([AB]) says (\d+)", judgment):
+    for m in re.finditer(r"([AB]) says _*(\d+)", judgment):
         kinds[m.start(2): m.end(2)] = ["says_" + m.group(1)] * (m.end(2) - m.start(2))
     for m in re.finditer(r"^([AB]) ([_\d=x ]+)$", judgment, re.MULTILINE):
         for i in range(m.start(2), m.end(2)):

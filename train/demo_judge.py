@@ -3,8 +3,9 @@ own trainer on the synthetic addition task (kojudge.synthetic), in up to three s
 
     python -m kojudge.train.demo_judge --out engine/demo_judge [--check-steps 600] [--sft-steps 1200] [--grpo-steps 40]
 
-0. Optionally (--check-steps), SFT on the judgment's two skills alone: the judge's own check (question
-   in, check out) and the digit-by-digit comparison (an answer and the sum in, the marks out).
+0. Optionally (--check-steps), SFT on the judgment's two skills alone: the judge's own check (a judge
+   prompt in, the judgment's opening out: answers read, then the check) and the digit-by-digit
+   comparison (an answer and the sum in, the marks out).
 1. SFT on PairJudge verdicts (recompute the sum in the judge's own form, compare each response's
    answer digit by digit, give the verdict tags) mixed with pointwise judgments (PaTaRM tags, a 0-10
    score in <answer>).
@@ -23,8 +24,8 @@ from pathlib import Path
 
 from kojudge.judgment_format import fill_placeholders
 from kojudge.pairjudge import SYSTEM_PROMPT
-from kojudge.synthetic import (Candidate, Problem, compare_digits, judgment, make_problem, pointwise_judgment,
-                               reference_check, sample_candidates, worked_solution)
+from kojudge.synthetic import (Candidate, Problem, compare_digits, judgment, judgment_opening, make_problem,
+                               pointwise_judgment, sample_candidates, worked_solution)
 
 # The question comes last, right before the judgment, as in the check stage's prompts (the question
 # alone): the check reads the operands at the same distance in both, so what that stage learned carries
@@ -82,25 +83,31 @@ def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8, 
         a, b = _with_far_off(list(rng.choice(pairs)), problem, rng, far_off)
         if a.answer == b.answer:
             continue
-        response_a, response_b = _shown([a.text, b.text], rng, answer_only)
-        user = fill_placeholders(TEMPLATE, {"question": problem.question, "response_a": response_a,
-                                            "response_b": response_b})
-        conversations.append([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
-                              {"role": "assistant", "content": judgment(problem, a, b)}])
+        conversations.append(_judge_prompt(problem, *_shown([a.text, b.text], rng, answer_only))
+                             + [{"role": "assistant", "content": judgment(problem, a, b)}])
+
+
+def _judge_prompt(problem: Problem, response_a: str, response_b: str) -> list[dict[str, str]]:
+    user = fill_placeholders(TEMPLATE, {"question": problem.question, "response_a": response_a,
+                                        "response_b": response_b})
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 def check_conversations(count: int, seed: int) -> list[list[dict[str, str]]]:
-    """Curriculum stage: the question alone, answered by the judge's own check. With no responses in
-    the prompt there is nothing to copy, and the same model learns the column digit exactly in minutes
-    (it plateaus near 84% when it first meets the check inside full judge prompts). Half the
-    conversations are the digit-by-digit comparison of an answer with the sum: a fresh model learns the
-    marks exactly in 300 steps, a trained judge no longer does (it stays at the "=" base rate)."""
+    """Curriculum stage: the judgment's two skills apart. Half the conversations are a judge prompt
+    answered with the judgment's opening (both answers read, then the judge's own check), so the check
+    sits exactly where the judgment puts it; the responses are far off (a misread operand), so nothing
+    in them helps the check and adding is the only way to it (with candidates' near-right answers in
+    view, the column digit plateaued near 84%). The other half is the digit-by-digit comparison of an
+    answer with the sum: a fresh model learns the marks exactly in 300 steps, a trained judge no longer
+    does (it stays at the "=" base rate)."""
     rng, conversations = random.Random(seed), []
     for _ in range(count):
         problem = make_problem(rng)
         if rng.random() < 0.5:
-            conversations.append([{"role": "user", "content": problem.question},
-                                  {"role": "assistant", "content": reference_check(problem)}])
+            a, b = _far_off(problem, rng), _far_off(problem, rng)
+            conversations.append(_judge_prompt(problem, *_shown([a.text, b.text], rng, answer_only=1.0))
+                                 + [{"role": "assistant", "content": judgment_opening(problem, a, b)}])
         else:
             answer = rng.choice(sample_candidates(problem, 8, rng)).answer
             conversations.append([{"role": "user", "content": f"{answer} {problem.answer}"},
