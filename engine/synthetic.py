@@ -129,25 +129,24 @@ def compare_digits(answer: int, truth: int) -> str:
 
 
 def said(label: str, answer: int, problem: Problem) -> str:
-    """The line that reads a response's final answer, right-aligned to the widest possible sum, so the
-    check after it always starts the same number of characters after the question (the check stage
-    trains it at that distance; a shift of a character or two cost the column digits a fifth)."""
+    """The line that reads a response's final answer, right-aligned to the widest possible sum, so each
+    digit of it sits at a fixed place, as in the comparison."""
     return f"{label} says {str(answer).rjust(problem.digits + 1, '_')}"
 
 
-def judgment_opening(problem: Problem, a: Candidate, b: Candidate) -> str:
-    """The judgment up to its own sum: both answers read, then the check. The answers are read before
-    the check exists: read after it, a judge learns to write its own sum for theirs (right for most
-    digits) instead of reading them."""
-    return "\n".join([said("A", a.answer, problem), said("B", b.answer, problem), reference_check(problem)])
-
-
 def judgment(problem: Problem, a: Candidate, b: Candidate) -> str:
-    """A PairJudge-format judgment: the opening (answers read, the check), each answer compared with
-    the check digit by digit, then the verdict tags."""
+    """A PairJudge-format judgment: the judge's own check, both final answers read, each compared with
+    the check digit by digit, then the verdict tags.
+
+    The check comes right after the question, where the check stage trains it: with the answers read
+    in between, a tiny judge copied their digits into its column sums instead of adding (even when
+    those answers were far off). Read after the check, it may restate its own sum instead of reading
+    theirs; the far-off responses of the training data make that fail on every digit."""
     verdict = {True: "Correct", False: "Incorrect"}
     return "\n".join([
-        judgment_opening(problem, a, b),
+        reference_check(problem),
+        said("A", a.answer, problem),
+        said("B", b.answer, problem),
         f"A {compare_digits(a.answer, problem.answer)}",
         f"B {compare_digits(b.answer, problem.answer)}",
         f"<resp_a_judge>{verdict[a.correct]}</resp_a_judge>",
@@ -165,9 +164,9 @@ def pointwise_score(candidate: Candidate, problem: Problem) -> int:
 
 
 def pointwise_judgment(problem: Problem, candidate: Candidate) -> str:
-    """A PaTaRM-format judgment of one candidate: read its answer, recompute, a rubric, the comparison,
-    a 0-10 score (read first for the reason given in `judgment`)."""
-    return (f"<think>{said('R', candidate.answer, problem)}\n{reference_check(problem)}</think>"
+    """A PaTaRM-format judgment of one candidate: recompute, read its answer, a rubric, the comparison,
+    a 0-10 score (in that order for the reasons given in `judgment`)."""
+    return (f"<think>{reference_check(problem)}\n{said('R', candidate.answer, problem)}</think>"
             f"<generate_rubrics>every digit must match</generate_rubrics>"
             f"<eval>{compare_digits(candidate.answer, problem.answer)}</eval>"
             f"<answer>{pointwise_score(candidate, problem)}</answer>")

@@ -117,19 +117,16 @@ def test_preference_pairs_put_a_right_candidate_against_a_wrong_one():
         assert extract_final_answer(pair["chosen"]) == str(a + b) != extract_final_answer(pair["rejected"])
 
 
-def test_check_curriculum_is_the_judgments_opening_or_the_comparison():
+def test_check_curriculum_answers_the_bare_question_with_the_check_or_compares_digits():
     from kojudge.synthetic import compare_digits, reference_check
     from kojudge.train.demo_judge import check_conversations, judge_conversations
 
+    assert all(user["content"].startswith("What is ") for user, _ in check_conversations(40, seed=5))
     kinds = set()
-    for conversation in check_conversations(40, seed=5):
-        user, assistant = conversation[-2:]
-        if "Judge A and B." in user["content"]:
-            a, b = _operands(user["content"].splitlines()[-1])
-            opening = assistant["content"].splitlines()
-            assert len(opening) == 3 and opening[2] == reference_check(Problem(a, b, 4))
-            # Far-off responses: nothing in them gives the sum away.
-            assert str(a + b) not in user["content"]
+    for user, assistant in check_conversations(40, seed=5, compare_fraction=0.5):
+        if user["content"].startswith("What is "):
+            a, b = _operands(user["content"])
+            assert assistant["content"] == reference_check(Problem(a, b, 4))
             kinds.add("check")
         else:
             theirs, mine = (int(x) for x in user["content"].split())
@@ -137,10 +134,10 @@ def test_check_curriculum_is_the_judgments_opening_or_the_comparison():
             kinds.add("compare")
     assert kinds == {"check", "compare"}
     assert compare_digits(10914, 10922) == "11= 00= 99= 12x 42x" and compare_digits(9922, 10922) == "_1x 90x 99= 22= 22="
-    # The check starts at the same distance after the question in the curriculum and in every judgment.
-    distance = lambda conversation: len(conversation[-2]["content"].splitlines()[-1]) + conversation[-1]["content"].index("check")
-    assert {distance(c) for c in check_conversations(40, seed=5) if len(c) == 3} \
-        == {distance(c) for c in judge_conversations(40, seed=5)} == {len("What is 1234 + 5678?") + 26}
+    # In every judgment the check comes right after the question, as in the curriculum.
+    for _, user, assistant in judge_conversations(20, seed=5):
+        a, b = _operands(user["content"].splitlines()[-1])
+        assert assistant["content"].startswith(reference_check(Problem(a, b, 4)) + "\n")
 
 
 def test_far_off_responses_are_wrong_on_many_digits_and_judged_so():
@@ -161,7 +158,7 @@ def test_far_off_responses_are_wrong_on_many_digits_and_judged_so():
             responses = re.split(r"\n\nB:\n", user["content"].removeprefix("A:\n"))
             said = [int(extract_final_answer(r)) for r in responses]
             lines = assistant["content"].splitlines()
-            assert lines[:2] == [f"A says {said[0]:_>5}", f"B says {said[1]:_>5}"] and said[0] != said[1]
+            assert lines[1:3] == [f"A says {said[0]:_>5}", f"B says {said[1]:_>5}"] and said[0] != said[1]
             verdicts = re.findall(r"<resp_[ab]_judge>(\w+)<", assistant["content"])
             assert verdicts == ["Correct" if s == a + b else "Incorrect" for s in said]
     off = lambda convs: sum(digits_off(line) for c in convs for line in c[2]["content"].splitlines()[3:5]) / len(convs)

@@ -3,9 +3,9 @@ own trainer on the synthetic addition task (kojudge.synthetic), in up to three s
 
     python -m kojudge.train.demo_judge --out engine/demo_judge [--check-steps 600] [--sft-steps 1200] [--grpo-steps 40]
 
-0. Optionally (--check-steps), SFT on the judgment's two skills alone: the judge's own check (a judge
-   prompt in, the judgment's opening out: answers read, then the check) and the digit-by-digit
-   comparison (an answer and the sum in, the marks out).
+0. Optionally, SFT on the judgment's two skills alone: the judge's own check (question in, check out;
+   --check-steps), then that mixed half and half with the digit-by-digit comparison (an answer and
+   the sum in, the marks out; --compare-steps).
 1. SFT on PairJudge verdicts (recompute the sum in the judge's own form, compare each response's
    answer digit by digit, give the verdict tags) mixed with pointwise judgments (PaTaRM tags, a 0-10
    score in <answer>).
@@ -24,8 +24,8 @@ from pathlib import Path
 
 from kojudge.judgment_format import fill_placeholders
 from kojudge.pairjudge import SYSTEM_PROMPT
-from kojudge.synthetic import (Candidate, Problem, compare_digits, judgment, judgment_opening, make_problem,
-                               pointwise_judgment, sample_candidates, worked_solution)
+from kojudge.synthetic import (Candidate, Problem, compare_digits, judgment, make_problem, pointwise_judgment,
+                               reference_check, sample_candidates, worked_solution)
 
 # The question comes last, right before the judgment, as in the check stage's prompts (the question
 # alone): the check reads the operands at the same distance in both, so what that stage learned carries
@@ -83,31 +83,27 @@ def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8, 
         a, b = _with_far_off(list(rng.choice(pairs)), problem, rng, far_off)
         if a.answer == b.answer:
             continue
-        conversations.append(_judge_prompt(problem, *_shown([a.text, b.text], rng, answer_only))
-                             + [{"role": "assistant", "content": judgment(problem, a, b)}])
+        response_a, response_b = _shown([a.text, b.text], rng, answer_only)
+        user = fill_placeholders(TEMPLATE, {"question": problem.question, "response_a": response_a,
+                                            "response_b": response_b})
+        conversations.append([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
+                              {"role": "assistant", "content": judgment(problem, a, b)}])
 
 
-def _judge_prompt(problem: Problem, response_a: str, response_b: str) -> list[dict[str, str]]:
-    user = fill_placeholders(TEMPLATE, {"question": problem.question, "response_a": response_a,
-                                        "response_b": response_b})
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-
-
-def check_conversations(count: int, seed: int) -> list[list[dict[str, str]]]:
-    """Curriculum stage: the judgment's two skills apart. Half the conversations are a judge prompt
-    answered with the judgment's opening (both answers read, then the judge's own check), so the check
-    sits exactly where the judgment puts it; the responses are far off (a misread operand), so nothing
-    in them helps the check and adding is the only way to it (with candidates' near-right answers in
-    view, the column digit plateaued near 84%). The other half is the digit-by-digit comparison of an
-    answer with the sum: a fresh model learns the marks exactly in 300 steps, a trained judge no longer
-    does (it stays at the "=" base rate)."""
+def check_conversations(count: int, seed: int, compare_fraction: float = 0.0) -> list[list[dict[str, str]]]:
+    """Curriculum: the judgment's two skills apart. The question alone, answered by the judge's own
+    check: with nothing else in view, adding is the only way to it, and a fresh model learns the column
+    digit exactly in a few hundred steps (inside judge prompts it copied digits from the answers in
+    view and plateaued near 84%). A `compare_fraction` of the conversations is the digit-by-digit
+    comparison of an answer with the sum: a fresh model learns the marks exactly in 300 steps, a
+    trained judge no longer does (it stays at the "=" base rate). Mixed from the start, the two held
+    the check back (its loss plateaued), so the check comes first and the comparison joins after."""
     rng, conversations = random.Random(seed), []
     for _ in range(count):
         problem = make_problem(rng)
-        if rng.random() < 0.5:
-            a, b = _far_off(problem, rng), _far_off(problem, rng)
-            conversations.append(_judge_prompt(problem, *_shown([a.text, b.text], rng, answer_only=1.0))
-                                 + [{"role": "assistant", "content": judgment_opening(problem, a, b)}])
+        if compare_fraction == 0 or rng.random() >= compare_fraction:
+            conversations.append([{"role": "user", "content": problem.question},
+                                  {"role": "assistant", "content": reference_check(problem)}])
         else:
             answer = rng.choice(sample_candidates(problem, 8, rng)).answer
             conversations.append([{"role": "user", "content": f"{answer} {problem.answer}"},
@@ -180,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", help="scratch directory: data, checkpoints, metrics (default: OUT.work)")
     parser.add_argument("--examples", type=int, default=60_000, help="SFT conversations")
     parser.add_argument("--check-steps", type=int, default=0,
-                        help="curriculum: first train this many steps on the check and the comparison alone")
+                        help="curriculum: first train this many steps on the check alone")
+    parser.add_argument("--compare-steps", type=int, default=0,
+                        help="curriculum: then this many on the check and the digit-by-digit comparison")
     parser.add_argument("--sft-steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--grpo-steps", type=int, default=40)
@@ -203,11 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     write_templates(work)
     model = Path(args.init) if args.init else None
-    if model is None and (args.check_steps > 0 or args.sft_steps > 0):
+    if model is None and (args.check_steps > 0 or args.compare_steps > 0 or args.sft_steps > 0):
         model = make_tiny_model(work / "base", "qwen2", char_tokenizer=True, hidden_size=args.hidden,
                                 num_layers=args.layers, num_heads=4, num_kv_heads=2, intermediate_size=4 * args.hidden,
                                 max_position_embeddings=1024, initializer_range=0.02, seed=args.seed)
     stages = [("check", args.check_steps, lambda: check_conversations(args.examples, args.seed + 3)),
+              ("compare", args.compare_steps, lambda: check_conversations(args.examples, args.seed + 4, 0.5)),
               ("sft", args.sft_steps, lambda: _judge_sft_data(args))]
     for name, steps, conversations in stages:
         if steps <= 0:
