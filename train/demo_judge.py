@@ -105,7 +105,8 @@ def check_conversations(count: int, seed: int, compare_fraction: float = 0.0) ->
             conversations.append([{"role": "user", "content": problem.question},
                                   {"role": "assistant", "content": reference_check(problem)}])
         else:
-            answer = rng.choice(sample_candidates(problem, 8, rng)).answer
+            # Half far-off answers: realistic ones differ in a digit or two, so "x" would be rare.
+            answer = (_far_off(problem, rng) if rng.random() < 0.5 else rng.choice(sample_candidates(problem, 8, rng))).answer
             conversations.append([{"role": "user", "content": f"{answer} {problem.answer}"},
                                   {"role": "assistant", "content": compare_digits(answer, problem.answer)}])
     return conversations
