@@ -2,8 +2,8 @@
 
     python bench/demo_judge_curves.py WORK_DIR[:SFT_STEPS] ...   # in training order
 
-Writes bench/results/demo_judge_training.json and .png: the check stage's and the judge SFT's loss per
-step (continued runs appended), and the GRPO stage's mean PAR reward, pair accuracy and valid-score rate per step. WORK_DIR:N keeps a
+Writes bench/results/demo_judge_training.json and .png: the loss per step of the curriculum stages (the
+check alone, then mixed with the comparison) and of the judge SFT (continued runs appended), and the GRPO stage's mean PAR reward, pair accuracy and valid-score rate per step. WORK_DIR:N keeps a
 run's first N SFT steps (the checkpoint the next run started from, when a run went on past it).
 """
 from __future__ import annotations
@@ -13,6 +13,10 @@ import json
 from pathlib import Path
 
 from common import RESULTS, write_result
+
+
+# Curriculum stages before the judge SFT, in order, with their plot labels.
+STAGES = {"check": "check alone", "compare": "check + comparison"}
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -28,15 +32,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", nargs="+")
     args = parser.parse_args()
-    check, sft, grpo = [], [], []
+    stages, sft, grpo = {name: [] for name in STAGES}, [], []
     for spec in args.work:
         work, _, keep = spec.partition(":")
-        check += [r["loss"] for r in read_metrics(Path(work) / "check" / "metrics.jsonl")]
+        for name in STAGES:
+            stages[name] += [r["loss"] for r in read_metrics(Path(work) / name / "metrics.jsonl")]
         losses = [r["loss"] for r in read_metrics(Path(work) / "sft" / "metrics.jsonl")]
         sft += losses[: int(keep)] if keep else losses
         grpo += read_metrics(Path(work) / "grpo" / "metrics.jsonl")
     par = [r["par_reward"] for r in grpo]
-    payload = {"check_steps": len(check), "check_loss": check, "sft_steps": len(sft), "sft_loss": sft, "grpo_steps": len(grpo),
+    payload = {**{f"{name}_loss": losses for name, losses in stages.items()}, "sft_steps": len(sft), "sft_loss": sft, "grpo_steps": len(grpo),
                "grpo": {k: [r[k] for r in grpo] for k in ("par_reward", "pair_accuracy", "valid_score_rate", "reward")}}
     if par:
         payload["par_first_quarter"], payload["par_last_quarter"] = quarter_means(par)
@@ -53,15 +58,16 @@ def plot(payload: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    check_steps = payload.get("check_steps", 0)
-    if check_steps:
-        left.plot(range(1, check_steps + 1), payload["check_loss"], linewidth=0.8, label="check alone")
-    left.plot(range(check_steps + 1, check_steps + len(payload["sft_loss"]) + 1), payload["sft_loss"], linewidth=0.8,
-              label="judge SFT")
+    start = 1
+    for name, label in [*STAGES.items(), ("sft", "judge SFT")]:
+        losses = payload.get(f"{name}_loss", [])
+        if losses:
+            left.plot(range(start, start + len(losses)), losses, linewidth=0.8, label=label)
+            start += len(losses)
     left.set_yscale("log")
     left.set_xlabel("step")
     left.set_ylabel("loss per assistant token")
-    left.set_title("stage 0-1: check, then SFT on judgments")
+    left.set_title("stage 0-1: curriculum, then SFT on judgments")
     left.legend(fontsize=8)
     steps = range(1, payload["grpo_steps"] + 1)
     for key in ("par_reward", "pair_accuracy", "valid_score_rate"):

@@ -96,8 +96,10 @@ def section() -> str:
         out += ["", "![formats with the demo judge](bench/results/demo_judge_study.png)", ""]
     training = load("demo_judge_training")
     if training and training.get("grpo_steps"):
-        check = f"{training['check_steps']} steps on the check alone, " if training.get("check_steps") else ""
-        out += [f"**Demo judge training** (`bench/demo_judge_curves.py`): {check}{training['sft_steps']} SFT steps, then "
+        curriculum = "".join(f"{len(training[key])} steps on {what}, " for key, what in
+                             (("check_loss", "the check alone"), ("compare_loss", "the check and the comparison"))
+                             if training.get(key))
+        out += [f"**Demo judge training** (`bench/demo_judge_curves.py`): {curriculum}{training['sft_steps']} SFT steps, then "
                 f"{training['grpo_steps']} GRPO-PAR steps; mean PAR reward {training['par_first_quarter']:.2f} -> "
                 f"{training['par_last_quarter']:.2f} (first vs last quarter), pair accuracy "
                 f"{training['pair_accuracy_first_quarter']:.2f} -> {training['pair_accuracy_last_quarter']:.2f}.", "",

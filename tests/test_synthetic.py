@@ -169,3 +169,17 @@ def _operands(question: str) -> tuple[int, int]:
     """(a, b) of "What is a + b?"."""
     a, b = question.removeprefix("What is ").removesuffix("?").split(" + ")
     return int(a), int(b)
+
+
+def test_judge_sft_data_mixes_pairwise_pointwise_and_comparison_rehearsal():
+    import argparse
+    import re
+
+    from kojudge.train.demo_judge import POINTWISE_FRACTION, REHEARSAL_FRACTION, _judge_sft_data
+
+    data = _judge_sft_data(argparse.Namespace(examples=200, seed=0, answer_only=0.5, far_off=0.3))
+    kinds = Counter("pairwise" if c[0]["role"] == "system" else
+                    "compare" if re.fullmatch(r"\d+ \d+", c[0]["content"]) else "pointwise" for c in data)
+    assert kinds == {"pointwise": int(200 * POINTWISE_FRACTION), "compare": int(200 * REHEARSAL_FRACTION),
+                     "pairwise": 200 - int(200 * POINTWISE_FRACTION) - int(200 * REHEARSAL_FRACTION)}
+    assert kinds["pairwise"] != sum(1 for c in data[: kinds["pairwise"]] if c[0]["role"] == "system")  # shuffled

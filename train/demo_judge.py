@@ -1,14 +1,15 @@
 """Builds the small demo judge: a Qwen2-shaped model with a byte-level tokenizer, trained with our
 own trainer on the synthetic addition task (kojudge.synthetic), in up to three stages.
 
-    python -m kojudge.train.demo_judge --out engine/demo_judge [--check-steps 600] [--sft-steps 1200] [--grpo-steps 40]
+    python -m kojudge.train.demo_judge --out engine/demo_judge [--check-steps 1200] [--compare-steps 1500]
+                                       [--sft-steps 1000] [--grpo-steps 40]
 
 0. Optionally, SFT on the judgment's two skills alone: the judge's own check (question in, check out;
    --check-steps), then that mixed half and half with the digit-by-digit comparison (an answer and
    the sum in, the marks out; --compare-steps).
 1. SFT on PairJudge verdicts (recompute the sum in the judge's own form, compare each response's
    answer digit by digit, give the verdict tags) mixed with pointwise judgments (PaTaRM tags, a 0-10
-   score in <answer>).
+   score in <answer>) and, as a rehearsal, the comparison alone.
 2. GRPO-PAR on preference pairs (a right and a wrong candidate of one question), scored pointwise.
 
 The output directory holds the model plus the two compact templates it was trained with
@@ -42,6 +43,10 @@ ANSWER_ONLY_FRACTION = 0.5
 # slips change one or two digits, so a judge that restates its own sum for theirs is right on most
 # digits and never learns to read; against far-off answers that shortcut fails on every digit.
 FAR_OFF_FRACTION = 0.3
+# Share of SFT conversations that are the comparison alone (as in the curriculum). Inside judgments,
+# where most marks are "=", a judge that had learned the marks to 93% fell back to the "=" base rate
+# within 300 steps.
+REHEARSAL_FRACTION = 0.1
 
 
 def _shown(texts: list[str], rng: random.Random, answer_only: float) -> list[str]:
@@ -157,11 +162,12 @@ def write_templates(directory: str | Path) -> None:
 
 
 def _judge_sft_data(args: argparse.Namespace) -> list[list[dict[str, str]]]:
-    pointwise = int(args.examples * POINTWISE_FRACTION)
-    conversations = (judge_conversations(args.examples - pointwise, args.seed, answer_only=args.answer_only,
+    pointwise, rehearsal = int(args.examples * POINTWISE_FRACTION), int(args.examples * REHEARSAL_FRACTION)
+    conversations = (judge_conversations(args.examples - pointwise - rehearsal, args.seed, answer_only=args.answer_only,
                                          far_off=args.far_off)
                      + pointwise_conversations(pointwise, args.seed + 1, answer_only=args.answer_only,
-                                               far_off=args.far_off))
+                                               far_off=args.far_off)
+                     + check_conversations(rehearsal, args.seed + 5, compare_fraction=1.0))
     random.Random(args.seed).shuffle(conversations)
     return conversations
 
