@@ -1,12 +1,14 @@
 """Builds the small demo judge: a Qwen2-shaped model with a byte-level tokenizer, trained with our
 own trainer on the synthetic addition task (kojudge.synthetic), in up to three stages.
 
-    python -m kojudge.train.demo_judge --out engine/demo_judge [--check-steps 1200] [--compare-steps 1500]
-                                       [--sft-steps 1000] [--grpo-steps 40]
+    python -m kojudge.train.demo_judge --out engine/demo_judge --compare-steps 2400 --sft-steps 1000 --grpo-steps 40
 
-0. Optionally, SFT on the judgment's two skills alone: the judge's own check (question in, check out;
-   --check-steps), then that mixed half and half with the digit-by-digit comparison (an answer and
-   the sum in, the marks out; --compare-steps).
+(the shipped judge's recipe, ~45 minutes on 2 cores).
+
+0. Curriculum, SFT on the judgment's two skills alone, mixed half and half from a fresh model: the
+   judge's own check (question in, check out) and the digit-by-digit comparison (an answer and the
+   sum in, the marks out; --compare-steps). --check-steps trains the check alone before it; learned
+   one after the other, the comparison did not hold once the judge SFT began.
 1. SFT on PairJudge verdicts (recompute the sum in the judge's own form, compare each response's
    answer digit by digit, give the verdict tags) mixed with pointwise judgments (PaTaRM tags, a 0-10
    score in <answer>) and, as a rehearsal, the comparison alone.
