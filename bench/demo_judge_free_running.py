@@ -15,7 +15,7 @@ import kojudge
 from kojudge.demo import held_out_set
 from kojudge.pairjudge import STOP, PairJudge, parse_verdict
 from kojudge.sampling import SamplingParams
-from kojudge.synthetic import reference_check
+from kojudge.synthetic import disagreeing_pairs, reference_check
 
 CELL = re.compile(r"\[[^\]]*\]")
 
@@ -25,7 +25,7 @@ def held_out_pairs(count: int):
     problems, candidates = held_out_set(count, 8, seed=7)
     rng, pairs = random.Random(0), []
     for problem, cands in zip(problems, candidates):
-        options = [(a, b) for a in cands for b in cands if a.answer != b.answer]
+        options = disagreeing_pairs(cands)
         if options:
             pairs.append((problem, *rng.choice(options)))
     return pairs

@@ -104,6 +104,12 @@ def sample_candidates(problem: Problem, n: int, rng: random.Random, solve_rate: 
     return candidates
 
 
+def disagreeing_pairs(candidates: list[Candidate]) -> list[tuple[Candidate, Candidate]]:
+    """Ordered pairs of candidates with different final answers: the matches a knockout judges (equal
+    answers need no judge)."""
+    return [(a, b) for a in candidates for b in candidates if a.answer != b.answer]
+
+
 def reference_check(problem: Problem) -> str:
     """The judge's own recomputation, in a form no candidate uses (so a judge trained on it cannot learn
     to copy a candidate's work): one [a|b|carry-in:digit] cell per column, units first, each cell

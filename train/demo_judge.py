@@ -27,8 +27,8 @@ from pathlib import Path
 
 from kojudge.judgment_format import fill_placeholders
 from kojudge.pairjudge import SYSTEM_PROMPT
-from kojudge.synthetic import (Candidate, Problem, compare_digits, judgment, make_problem, pointwise_judgment,
-                               reference_check, sample_candidates, worked_solution)
+from kojudge.synthetic import (Candidate, Problem, compare_digits, disagreeing_pairs, judgment, make_problem,
+                               pointwise_judgment, reference_check, sample_candidates, worked_solution)
 
 # The question comes last, right before the judgment, as in the check stage's prompts (the question
 # alone): the check reads the operands at the same distance in both, so what that stage learned carries
@@ -84,7 +84,7 @@ def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8, 
     for problem, candidates in _problems(rng, candidates_per_problem):
         if len(conversations) == count:
             return conversations
-        pairs = [(a, b) for a in candidates for b in candidates if a.answer != b.answer]
+        pairs = disagreeing_pairs(candidates)
         if not pairs:
             continue
         a, b = _with_far_off(list(rng.choice(pairs)), problem, rng, far_off)
@@ -102,12 +102,13 @@ def check_conversations(count: int, seed: int, compare_fraction: float = 0.0) ->
     check: with nothing else in view, adding is the only way to it, and a fresh model learns the column
     digit exactly in a few hundred steps (inside judge prompts it copied digits from the answers in
     view and plateaued near 84%). A `compare_fraction` of the conversations is the digit-by-digit
-    comparison of an answer with the sum: a fresh model learns the marks exactly in 300 steps, a
-    trained judge no longer does (it stays at the "=" base rate). Mixed from the start, the two held
-    the check back (its loss plateaued), so the check comes first and the comparison joins after."""
+    comparison of an answer with the sum. Mixed from a fresh model, both are exact after ~1,200 steps;
+    learned one after the other, the second stalls (a check-trained model got the marks to 93-97%,
+    and they fell back to the "=" base rate once the judge SFT began)."""
     rng, conversations = random.Random(seed), []
     for _ in range(count):
         problem = make_problem(rng)
+        # No draw at 0, so the check-alone data is the same as before the comparison existed.
         if compare_fraction == 0 or rng.random() >= compare_fraction:
             conversations.append([{"role": "user", "content": problem.question},
                                   {"role": "assistant", "content": reference_check(problem)}])
