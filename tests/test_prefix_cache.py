@@ -71,15 +71,17 @@ def test_merge_states_equals_attention_over_the_union():
     torch.testing.assert_close(merged_lse, lse, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shared", [[0, 1, 2], [3, 0, 8]], ids=["consecutive", "scattered"])
 @pytest.mark.parametrize("block_size", [4, 5])
-def test_cascade_attention_equals_plain_attention(block_size):
-    """Decodes and prefill chunks whose block tables share prefixes: cascade on == cascade off."""
+def test_cascade_attention_equals_plain_attention(block_size, shared):
+    """Decodes and prefill chunks whose block tables share prefixes: cascade on == cascade off,
+    whether the shared blocks are one run of the pool (read as a view) or scattered (gathered)."""
     torch.manual_seed(1)
     kv_heads, heads, d = 2, 6, 8
     cache = KVCache(1, 40, block_size, kv_heads, d, torch.float32, "cpu")
     cache.k.normal_()
     cache.v.normal_()
-    shared = [0, 1, 2]  # three full blocks every sequence starts with
+    # `shared`: three full blocks every sequence starts with
     seqs = []
     for i, (computed, new) in enumerate([(19, 1), (23, 1), (17, 1), (16, 6), (21, 3), (9, 1)]):
         seq = Sequence(i, None, [0] * (computed + new), SamplingParams(), None)
