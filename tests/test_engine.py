@@ -4,7 +4,7 @@ import torch
 
 import kojudge
 from conftest import MODELS, hf_greedy, random_prompts
-from kojudge import SamplingParams
+from kojudge import SamplingParams, onednn
 
 LENGTHS = [5, 17, 1, 33, 60, 3, 24]
 MAX_TOKENS = [32, 40, 33, 36, 32, 48, 34]  # prompts finish at different steps
@@ -139,6 +139,28 @@ def test_chat_uses_the_chat_template(engines):
     assert text.endswith("<|im_start|>assistant\n")
     params = SamplingParams(max_tokens=8, ignore_eos=True)
     assert engine.chat([messages], params)[0].token_ids == engine.generate([text], params)[0].token_ids
+
+
+@pytest.mark.skipif(not onednn.available(), reason="torch built without oneDNN: the engine packs nothing")
+def test_packed_linear_layers_match_dense_ones_and_follow_update_weights(model_dirs):
+    path = model_dirs["qwen2-tied"]  # biases in qkv, the LM head tied to the embedding
+    packed, dense = kojudge.Engine(path), kojudge.Engine(path, pack_weights=False)
+    assert packed.pack_weights and not dense.pack_weights
+    prompts = random_prompts([7, 19], seed=23)
+    params = SamplingParams(max_tokens=12, ignore_eos=True, logprobs=True)
+
+    def same_outputs():
+        outs = [(o.token_ids, o.logprobs) for o in packed.generate(prompts, params)]
+        for (tokens, logprobs), ref in zip(outs, dense.generate(prompts, params)):
+            assert tokens == ref.token_ids and logprobs == pytest.approx(ref.logprobs, abs=1e-4)
+        return outs
+
+    before = same_outputs()
+    g = torch.Generator().manual_seed(0)
+    new = {n: p + 0.05 * torch.randn(p.shape, generator=g) for n, p in dense.model.named_parameters()}
+    packed.update_weights(new)
+    dense.update_weights(new)
+    assert same_outputs() != before  # the packed copies follow the new weights
 
 
 def test_bfloat16_generates(model_dirs):
