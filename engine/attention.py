@@ -72,6 +72,7 @@ class DecodeWorkspace:
     lengths: list[int]  # keys held per row, including this step's
     k: list[torch.Tensor]  # per layer [kv_heads, B, capacity, d]
     v: list[torch.Tensor]
+    fill_index: torch.Tensor  # [B * capacity / block_size] the blocks a fresh workspace is filled from
     fresh: bool = True
 
 
@@ -89,15 +90,23 @@ class PagedBatch:
     decode_write_cols: torch.Tensor | None = None  # [B] flat workspace slot of this step's key (append steps)
 
 
-def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32, repeat: int = 1) -> torch.Tensor:
+    """Bool mask (True = attend) -> 0 / -inf to add to scores, its rows repeated `repeat` times.
+    Built once per step and shared by every layer."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return bias.repeat(repeat, *[1] * (mask.dim() - 1)) if repeat > 1 else bias
+
+
+def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q [..., M, d] to k/v [..., S, d] -> (out [..., M, d], log-sum-exp [..., M] float32).
 
-    The LSE lets partial results over disjoint key sets be merged exactly (merge_states).
+    bias: float32 additive mask (additive_mask) broadcast to the scores. The LSE lets partial results
+    over disjoint key sets be merged exactly (merge_states).
     """
     scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(q.shape[-1] ** -0.5)
-    if mask is not None:
-        scores.masked_fill_(~mask, float("-inf"))
+    if bias is not None:
+        scores.add_(bias)
     peak = scores.amax(dim=-1, keepdim=True)  # every row attends to at least one key
     weights = scores.sub_(peak).exp_()
     total = weights.sum(dim=-1, keepdim=True)
@@ -117,28 +126,25 @@ def merge_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, 
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """q [M, heads, d] attends to k/v [kv_heads, S, d] -> (out [M, heads, d], LSE [M, heads] float32).
 
     The query heads of one KV head are stacked along the query axis, so GQA needs no repeated keys.
     On CPU this runs torch's tiled flash kernel, which also returns the LSE and beat the matmul form
     at every size measured (1 to 512 query rows, 16 to 4,096 keys, masked or not); elsewhere the plain
-    matmul form (GPU paths get the Triton kernels). mask: [M, S] bool, True = attend.
+    matmul form (GPU paths get the Triton kernels). bias: additive mask [group * M, S] in q's dtype,
+    rows in the stacked order (additive_mask(mask, q.dtype, group)).
     """
     m, heads, d = q.shape
     kv_heads = k.shape[0]
     group = heads // kv_heads
     stacked = q.view(m, kv_heads, group, d).permute(1, 2, 0, 3).reshape(kv_heads, group * m, d)
-    rows_mask = None if mask is None else mask.repeat(group, 1)
     if _FLASH_CPU is not None and q.device.type == "cpu":
-        additive = None
-        if rows_mask is not None:
-            additive = torch.zeros(rows_mask.shape, dtype=q.dtype).masked_fill_(~rows_mask, float("-inf"))
-        out, lse = _FLASH_CPU(stacked[None], k[None], v[None], attn_mask=additive)
+        out, lse = _FLASH_CPU(stacked[None], k[None], v[None], attn_mask=bias)
         out, lse = out[0], lse[0]
     else:
-        out, lse = partial_attention(stacked, k, v, rows_mask)
+        out, lse = partial_attention(stacked, k, v, None if bias is None else bias.float())
     out = out.view(kv_heads, group, m, d).permute(2, 0, 1, 3).reshape(m, heads, d)
     return out, lse.float().view(kv_heads, group, m).permute(2, 0, 1).reshape(m, heads)
 
@@ -170,6 +176,8 @@ class PagedAttention:
         # so a long shared prefix is usually one run.
         self.span_blocks = [_as_range(span.blocks) for span in batch.prefills]
         self.prefix_blocks = [_as_range(prefix.blocks) for prefix in batch.shared]
+        self.decode_bias = None if batch.decode_mask is None else additive_mask(batch.decode_mask)
+        self.span_bias: dict[int, torch.Tensor] = {}  # built at the first layer, which knows the GQA group
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b = self.batch
@@ -185,18 +193,18 @@ class PagedAttention:
                 keys, values = k_blocks[:, b.decode_blocks].flatten(2, 3), v_blocks[:, b.decode_blocks].flatten(2, 3)
             else:
                 if ws.fresh:  # this step's key is already in the cache: one gather brings everything
-                    width = b.decode_blocks.shape[1] * self.cache.block_size
-                    ws.k[layer][:, :, :width] = k_blocks[:, b.decode_blocks].flatten(2, 3)
-                    ws.v[layer][:, :, :width] = v_blocks[:, b.decode_blocks].flatten(2, 3)
+                    blocks_view = (kv_heads, -1) + k_blocks.shape[2:]
+                    torch.index_select(k_blocks, 1, ws.fill_index, out=ws.k[layer].view(blocks_view))
+                    torch.index_select(v_blocks, 1, ws.fill_index, out=ws.v[layer].view(blocks_view))
                 else:  # append this step's key of every row at its flat position row * capacity + column
                     ws.k[layer].flatten(1, 2).index_copy_(1, b.decode_write_cols, k[: b.num_decodes].transpose(0, 1))
                     ws.v[layer].flatten(1, 2).index_copy_(1, b.decode_write_cols, v[: b.num_decodes].transpose(0, 1))
                 longest = max(ws.lengths)
                 keys, values = ws.k[layer][:, :, :longest], ws.v[layer][:, :, :longest]
-            out, lse = partial_attention(_grouped(q[: b.num_decodes], kv_heads), keys, values, b.decode_mask)
+            out, lse = partial_attention(_grouped(q[: b.num_decodes], kv_heads), keys, values, self.decode_bias)
             outputs.append(_ungrouped(out))
             lses.append(_ungrouped(lse))
-        for span, blocks in zip(b.prefills, self.span_blocks):
+        for i, (span, blocks) in enumerate(zip(b.prefills, self.span_blocks)):
             qs = q[span.start: span.end]
             ks = k_blocks[:, blocks].flatten(1, 2)[:, : span.context_len - span.key_start]  # [kv_heads, S, d]
             vs = v_blocks[:, blocks].flatten(1, 2)[:, : span.context_len - span.key_start]
@@ -206,7 +214,9 @@ class PagedAttention:
                 outputs.append(out.transpose(0, 1))
                 lses.append(None)
             else:
-                out, lse = attention_with_lse(qs, ks, vs, span.mask)
+                if span.mask is not None and i not in self.span_bias:
+                    self.span_bias[i] = additive_mask(span.mask, q.dtype, q.shape[1] // kv_heads)
+                out, lse = attention_with_lse(qs, ks, vs, self.span_bias.get(i))
                 outputs.append(out)
                 lses.append(lse)
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)

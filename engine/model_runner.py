@@ -1,6 +1,8 @@
 """Turns a scheduled step into one packed forward pass and returns the last-token logits."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from kojudge.attention import (DecodeWorkspace, KVCache, PagedAttention, PagedBatch, PrefillSpan, SharedPrefix,
@@ -22,6 +24,7 @@ class ModelRunner:
         self.workspace_bytes = 0 if backend == "triton" else (pool_bytes // 2 if workspace_bytes is None
                                                               else workspace_bytes)
         self.workspace: DecodeWorkspace | None = None
+        self._workspace_storage: list[torch.Tensor] = []
         self.block_size = cache.block_size
         self._offsets = torch.arange(self.block_size, device=device)
 
@@ -56,8 +59,8 @@ class ModelRunner:
             groups.append((members, common))
         return groups
 
-    def _decode_workspace(self, decodes: list[tuple[Sequence, int]], key_start: list[int], key_counts: list[int]
-                          ) -> tuple[DecodeWorkspace | None, torch.Tensor | None]:
+    def _decode_workspace(self, decodes: list[tuple[Sequence, int]], key_start: list[int], key_counts: list[int],
+                          own_blocks: list[list[int]]) -> tuple[DecodeWorkspace | None, torch.Tensor | None]:
         """Reuse the workspace when the same sequences decode again one key further (append this step's
         key at `write_cols`); otherwise a fresh one, if it fits the memory budget."""
         if not self.workspace_bytes:
@@ -71,17 +74,36 @@ class ModelRunner:
             write_cols = torch.tensor([row * capacity + held for row, held in enumerate(ws.lengths)], device=self.device)
             ws.lengths, ws.fresh = key_counts, False
             return ws, write_cols
-        self.workspace = None  # free the old one before allocating
-        capacity = -(-(max(key_counts) + self.WORKSPACE_HEADROOM) // self.block_size) * self.block_size
+        self.workspace = None
+        bs = self.block_size
+        capacity_blocks = -(-(max(key_counts) + self.WORKSPACE_HEADROOM) // bs)
         kv_heads, _, d = self.cache.k.shape[1:]
-        layers = self.cache.k.shape[0]
-        if 2 * layers * kv_heads * len(decodes) * capacity * d * self.cache.k.element_size() > self.workspace_bytes:
+        shape = (kv_heads, len(decodes), capacity_blocks * bs, d)
+        buffers = self._workspace_buffers(shape)
+        if buffers is None:
             return None, None
-        shape = (kv_heads, len(decodes), capacity, d)
-        # Zeros, not empty: masked columns get weight 0, and 0 * (a NaN bit pattern) would still be NaN.
-        new = lambda: [torch.zeros(shape, dtype=self.cache.k.dtype, device=self.device) for _ in range(layers)]  # noqa
-        self.workspace = DecodeWorkspace(request_ids, tuple(key_start), key_counts, new(), new())
+        # Each row's blocks, then its first block again as filler up to the capacity: columns past a
+        # row's keys are masked, they only need to hold finite numbers.
+        fill = [blocks + blocks[:1] * (capacity_blocks - len(blocks)) for blocks in own_blocks]
+        fill_index = torch.tensor(fill, device=self.device).flatten()
+        self.workspace = DecodeWorkspace(request_ids, tuple(key_start), key_counts, *buffers, fill_index=fill_index)
         return self.workspace, None
+
+    def _workspace_buffers(self, shape: tuple[int, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """Per-layer K and V views of `shape` over storage kept across workspaces: a fresh workspace
+        every step (while prefills join the decodes) would otherwise fault in new pages every step."""
+        layers = self.cache.k.shape[0]
+        numel = math.prod(shape)
+        if 2 * layers * numel * self.cache.k.element_size() > self.workspace_bytes:
+            return None
+        if not self._workspace_storage or self._workspace_storage[0].numel() < numel:
+            self._workspace_storage = []  # free the old storage before allocating
+            grown = min(numel * 3 // 2, self.workspace_bytes // (2 * layers * self.cache.k.element_size()))
+            # Zeros once: stale contents stay finite keys, and masked columns must not hold NaN bits.
+            self._workspace_storage = [torch.zeros(grown, dtype=self.cache.k.dtype, device=self.device)
+                                       for _ in range(2 * layers)]
+        views = [storage[:numel].view(shape) for storage in self._workspace_storage]
+        return views[:layers], views[layers:]
 
     def build(self, work: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
         """Pack the step's new tokens (single-token decodes first) and describe their attention."""
@@ -112,7 +134,7 @@ class ModelRunner:
             slot_mapping.append(torch.tensor([s.block_table[(c - 1) // bs] * bs + (c - 1) % bs
                                               for (s, _), c in zip(decodes, context)], device=device))
             key_counts = [c - ks for c, ks in zip(context, key_start)]
-            workspace, write_cols = self._decode_workspace(decodes, key_start[:num_decodes], key_counts)
+            workspace, write_cols = self._decode_workspace(decodes, key_start[:num_decodes], key_counts, own)
             span = max(key_counts) if workspace is not None else width * bs
             keys = torch.tensor(key_counts, device=device)
             if bool((keys != span).any()):
