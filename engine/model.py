@@ -23,15 +23,17 @@ class Attention(Protocol):
 
 
 class Linear(nn.Linear):
-    """nn.Linear that runs on a oneDNN-packed copy of its weight once `Model.pack_weights` made one
-    (CPU inference); training never packs."""
+    """nn.Linear on oneDNN where it applies (kojudge.onednn): on a packed copy of the weight once
+    `Model.pack_weights` made one (CPU inference), else on the dense weight (training)."""
 
     packed: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        return onednn.linear(x, self.packed, self.bias)
+        if self.packed is not None:
+            return onednn.linear(x, self.packed, self.bias)
+        if onednn.applies(self.weight):
+            return onednn.LinearFunction.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
