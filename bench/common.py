@@ -35,25 +35,28 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
-def matmul_peak_flops(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 20) -> float:
+def matmul_peaks(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 20) -> dict[str, float]:
     """Best-of-`repeats` FLOP/s of an n x n x n matmul, measured now (the machine is shared and noisy),
-    the faster of aten's matmul (MKL for float32) and oneDNN on a packed weight: on this project's
-    AMD CPUs MKL reaches under half of what the cores do, so its figure alone would flatter us."""
+    by torch's matmul ("aten": MKL for float32) and by oneDNN on a packed weight ("onednn"). The
+    machine's peak is the faster: on this project's AMD CPUs MKL reaches under half of what oneDNN
+    does in float32, so its figure alone would flatter every fraction of the peak."""
     from kojudge import onednn
 
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    products = [lambda: a @ b]
+    products = {"aten": lambda: a @ b}
     if onednn.available() and dtype in onednn.PACKED_DTYPES:
         packed = onednn.pack(b.t().contiguous())
-        products.append(lambda: onednn.linear(a, packed, None))
-    best = float("inf")
-    for product in products:
+        products["onednn"] = lambda: onednn.linear(a, packed, None)
+    peaks = {}
+    for name, product in products.items():
         product()
+        best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
             product()
             best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+        peaks[name] = 2 * n**3 / best
+    return peaks
 
 
 def timed(fn, repeats: int = 3) -> tuple[float, object]:
