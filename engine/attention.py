@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from kojudge import onednn
+
 
 class KVCache:
     """Keys and values of every layer in one paged pool: slot = block * block_size + offset.
@@ -124,6 +126,28 @@ def merge_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, 
 
 
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+ONEDNN_MIN_ROWS = 128  # stacked query rows from which the oneDNN form beat the flash kernel
+ONEDNN_ROW_CHUNK = 512  # rows scored at a time, so one head's score block stays in L2
+
+
+def _attention_onednn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unmasked float32 attention of q [H, M, d] to k/v [H, S, d] with both matmuls on oneDNN, one
+    head and row chunk at a time -> (out [H, M, d], LSE [H, M]). torch's flash kernel does its matmuls
+    on MKL, under half as fast on these CPUs: 10% faster per decode step at 128 rows x 1,024 keys,
+    28% at 2,048 rows x 640."""
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    q = q * q.shape[-1] ** -0.5
+    for h in range(q.shape[0]):
+        for start in range(0, q.shape[1], ONEDNN_ROW_CHUNK):
+            rows = slice(start, start + ONEDNN_ROW_CHUNK)
+            scores = onednn.linear(q[h, rows], k[h], None)
+            peak = scores.amax(dim=-1, keepdim=True)
+            weights = scores.sub_(peak).exp_()
+            total = weights.sum(dim=-1, keepdim=True)
+            torch.div(onednn.linear(weights, v[h].t(), None), total, out=out[h, rows])
+            torch.add(peak.squeeze(-1), total.squeeze(-1).log(), out=lse[h, rows])
+    return out, lse
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
@@ -132,7 +156,8 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
 
     The query heads of one KV head are stacked along the query axis, so GQA needs no repeated keys.
     On CPU this runs torch's tiled flash kernel, which also returns the LSE and beat the matmul form
-    at every size measured (1 to 512 query rows, 16 to 4,096 keys, masked or not); elsewhere the plain
+    at every size measured (1 to 512 query rows, 16 to 4,096 keys, masked or not), except unmasked
+    float32 with many rows (a shared prefix), where the matmuls on oneDNN win; elsewhere the plain
     matmul form (GPU paths get the Triton kernels). bias: additive mask [group * M, S] in q's dtype,
     rows in the stacked order (additive_mask(mask, q.dtype, group)).
     """
@@ -140,7 +165,9 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
     kv_heads = k.shape[0]
     group = heads // kv_heads
     stacked = q.view(m, kv_heads, group, d).permute(1, 2, 0, 3).reshape(kv_heads, group * m, d)
-    if _FLASH_CPU is not None and q.device.type == "cpu":
+    if bias is None and stacked.shape[1] >= ONEDNN_MIN_ROWS and onednn.applies(q):
+        out, lse = _attention_onednn(stacked, k, v)
+    elif _FLASH_CPU is not None and q.device.type == "cpu":
         out, lse = _FLASH_CPU(stacked[None], k[None], v[None], attn_mask=bias)
         out, lse = out[0], lse[0]
     else:

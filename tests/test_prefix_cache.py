@@ -5,7 +5,7 @@ import torch
 import kojudge
 from conftest import hf_greedy, random_prompts
 from kojudge import SamplingParams
-from kojudge.attention import KVCache, PagedAttention, merge_states, partial_attention
+from kojudge.attention import KVCache, PagedAttention, attention_with_lse, merge_states, partial_attention
 from kojudge.block_manager import BlockPool
 from kojudge.model_runner import ModelRunner
 from kojudge.sequence import Sequence
@@ -69,6 +69,17 @@ def test_merge_states_equals_attention_over_the_union():
     merged, merged_lse = merge_states(a, lse_a, b, lse_b)
     torch.testing.assert_close(merged, whole, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(merged_lse, lse, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [3, 64, 300])  # stacked rows 6 / 128 / 600: flash, oneDNN, oneDNN in two chunks
+def test_attention_with_lse_equals_plain_attention(rows):
+    g = torch.Generator().manual_seed(rows)
+    q, k, v = torch.randn(rows, 4, 16, generator=g), torch.randn(2, 37, 16, generator=g), torch.randn(2, 37, 16, generator=g)
+    out, lse = attention_with_lse(q, k, v, None)
+    grouped = q.double().view(rows, 2, 2, 16).permute(1, 2, 0, 3)  # [kv_heads, group, rows, d]
+    ref, ref_lse = partial_attention(grouped, k.double()[:, None], v.double()[:, None], None)
+    torch.testing.assert_close(out.double(), ref.permute(2, 0, 1, 3).reshape(rows, 4, 16), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), ref_lse.double().permute(2, 0, 1).reshape(rows, 4), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("shared", [[0, 1, 2], [3, 0, 8]], ids=["consecutive", "scattered"])
