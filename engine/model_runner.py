@@ -99,7 +99,7 @@ class ModelRunner:
         if not self._workspace_storage or self._workspace_storage[0].numel() < numel:
             self._workspace_storage = []  # free the old storage before allocating
             grown = min(numel * 3 // 2, self.workspace_bytes // (2 * layers * self.cache.k.element_size()))
-            # Zeros once: stale contents stay finite keys, and masked columns must not hold NaN bits.
+            # The fill writes every column of a view; zeros so that nothing uninitialized is ever read.
             self._workspace_storage = [torch.zeros(grown, dtype=self.cache.k.dtype, device=self.device)
                                        for _ in range(2 * layers)]
         views = [storage[:numel].view(shape) for storage in self._workspace_storage]

@@ -161,6 +161,8 @@ def test_packed_linear_layers_match_dense_ones_and_follow_update_weights(model_d
     packed.update_weights(new)
     dense.update_weights(new)
     assert same_outputs() != before  # the packed copies follow the new weights
+    with pytest.raises(ValueError, match="pack_weights.*float16"):
+        kojudge.Engine(path, dtype="float16", pack_weights=True)
 
 
 def test_bfloat16_generates(model_dirs):
