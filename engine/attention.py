@@ -142,11 +142,11 @@ def _attention_onednn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tupl
         for start in range(0, q.shape[1], ONEDNN_ROW_CHUNK):
             rows = slice(start, start + ONEDNN_ROW_CHUNK)
             scores = onednn.linear(q[h, rows], k[h], None)
-            peak = scores.amax(dim=-1, keepdim=True)
-            weights = scores.sub_(peak).exp_()
-            total = weights.sum(dim=-1, keepdim=True)
-            torch.div(onednn.linear(weights, v[h].t(), None), total, out=out[h, rows])
-            torch.add(peak.squeeze(-1), total.squeeze(-1).log(), out=lse[h, rows])
+            peak = scores.amax(dim=-1)
+            weights = torch.softmax(scores, dim=-1)  # one fused pass instead of sub, exp, sum, divide
+            out[h, rows] = onednn.linear(weights, v[h].t(), None)
+            # The top weight is exp(peak - LSE), so LSE = peak - log(top weight), always well above 0.
+            torch.sub(peak, weights.amax(dim=-1).log(), out=lse[h, rows])
     return out, lse
 
 
