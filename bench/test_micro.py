@@ -9,8 +9,10 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import kojudge
+from kojudge import onednn
 from kojudge.attention import merge_states, partial_attention
 from kojudge.kernels import chosen_logprobs
 
@@ -33,6 +35,22 @@ def test_logprobs_forward_backward(benchmark, logprob_inputs, backend):
         logp.sum().backward()
 
     benchmark(run)
+
+
+@pytest.mark.parametrize("rows", [64, 1024])  # a decode step's batch; a prefill chunk
+@pytest.mark.parametrize("path", ["aten", "onednn_packed"])
+def test_linear_float32(benchmark, rows, path):
+    """The engine's largest linear layer (512 -> 3072) in float32: torch's F.linear (MKL) vs oneDNN on
+    the packed weight (kojudge.onednn), what the engine runs on CPU."""
+    if path == "onednn_packed" and not onednn.available():
+        pytest.skip("torch built without oneDNN")
+    g = torch.Generator().manual_seed(2)
+    x, weight = torch.randn(rows, 512, generator=g), torch.randn(3072, 512, generator=g)
+    if path == "aten":
+        benchmark(F.linear, x, weight)
+    else:
+        packed = onednn.pack(weight)
+        benchmark(onednn.linear, x, packed, None)
 
 
 @pytest.mark.parametrize("cascade", [False, True])
