@@ -99,8 +99,8 @@ class ModelRunner:
         if not self._workspace_storage or self._workspace_storage[0].numel() < numel:
             self._workspace_storage = []  # free the old storage before allocating
             grown = min(numel * 3 // 2, self.workspace_bytes // (2 * layers * self.cache.k.element_size()))
-            # The fill writes every column of a view; zeros so that nothing uninitialized is ever read.
-            self._workspace_storage = [torch.zeros(grown, dtype=self.cache.k.dtype, device=self.device)
+            # Uninitialized is safe: a fresh workspace's fill writes every element of its views.
+            self._workspace_storage = [torch.empty(grown, dtype=self.cache.k.dtype, device=self.device)
                                        for _ in range(2 * layers)]
         views = [storage[:numel].view(shape) for storage in self._workspace_storage]
         return views[:layers], views[layers:]
