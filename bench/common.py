@@ -47,16 +47,7 @@ def matmul_peaks(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int
     if onednn.available() and dtype in onednn.PACKED_DTYPES:
         packed = onednn.pack(b.t().contiguous())
         products["onednn"] = lambda: onednn.linear(a, packed, None)
-    peaks = {}
-    for name, product in products.items():
-        product()
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            best = min(best, time.perf_counter() - start)
-        peaks[name] = 2 * n**3 / best
-    return peaks
+    return {name: 2 * n**3 / timed(product, repeats)[0] for name, product in products.items()}
 
 
 def timed(fn, repeats: int = 3) -> tuple[float, object]:

@@ -48,10 +48,11 @@ class Engine:
         model = model.to_empty(device=self.device).to(self.dtype)
         load_weights(model, model_dir)
         self.model = model.eval()
-        if pack_weights and not onednn.can_pack(model):
+        packable = onednn.can_pack(model)
+        if pack_weights and not packable:
             raise ValueError(f"pack_weights: oneDNN packing needs a CPU model in float32 or bfloat16 and a torch "
                              f"built with oneDNN; this one is {dtype} on {device}")
-        self.pack_weights = onednn.can_pack(model) if pack_weights is None else pack_weights
+        self.pack_weights = packable if pack_weights is None else pack_weights
         if self.pack_weights:
             self.model.pack_weights()
         self.max_model_len = min(max_model_len or self.config.max_position_embeddings,
