@@ -65,17 +65,28 @@ class SharedPrefix:
 class DecodeWorkspace:
     """Contiguous copies of the decoding sequences' own keys and values, kept across steps.
 
-    While the set of decoding sequences stays the same, a step appends one key per row instead of
-    gathering every block again: on CPU that gather costs more than the attention itself. Filled from
-    the paged cache (`fresh`) whenever the set changes."""
+    A row per sequence, laid out [row, kv_head, column, d] so that sequences join and leave without
+    moving the others: a step appends one key to each continuing row and fills from the paged cache
+    only the rows of sequences that start decoding. On CPU gathering every block again each step
+    costs more than the attention itself, and while prefills join the decodes the set changes
+    every step."""
 
-    request_ids: tuple[int, ...]
-    key_start: tuple[int, ...]
-    lengths: list[int]  # keys held per row, including this step's
-    k: list[torch.Tensor]  # per layer [kv_heads, B, capacity, d]
+    k: list[torch.Tensor]  # per layer [rows, kv_heads, capacity, d]
     v: list[torch.Tensor]
-    fill_index: torch.Tensor  # [B * capacity / block_size] the blocks a fresh workspace is filled from
-    fresh: bool = True
+    rows: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # request id -> (row, key_start, keys held)
+
+
+@dataclass
+class WorkspaceStep:
+    """One step's use of the workspace: the B decodes attend to rows [0, B) and columns [0, length)."""
+
+    workspace: DecodeWorkspace
+    length: int
+    decode_rows: torch.Tensor | None  # [B] row of each decode; None when decode i sits in row i
+    fill_target: torch.Tensor | None  # workspace blocks, numbered over [rows * kv_heads * capacity / block_size], ...
+    fill_source: torch.Tensor | None  # ... copied from these pool blocks, numbered over [kv_heads * num_blocks]
+    append_target: torch.Tensor | None  # [A * kv_heads] flat (row, head, column) slots of continuing decodes' keys
+    append_decodes: torch.Tensor | slice | None  # the A decodes that append their key
 
 
 @dataclass
@@ -85,11 +96,11 @@ class PagedBatch:
     slot_mapping: torch.Tensor  # [T] slot written for each new token
     num_decodes: int
     decode_blocks: torch.Tensor | None  # [B, nb] blocks of each decoding sequence past its shared prefix (padded)
-    decode_mask: torch.Tensor | None  # [B, 1, nb * block_size] bool: False past a sequence's context
+    # bool, False past a sequence's context: [B, 1, nb * block_size], or [rows, 1, 1, length] with a workspace
+    decode_mask: torch.Tensor | None
     prefills: list[PrefillSpan]
     shared: list[SharedPrefix] = field(default_factory=list)
-    decode_workspace: DecodeWorkspace | None = None  # when set, decodes read it instead of gathering blocks
-    decode_write_cols: torch.Tensor | None = None  # [B] flat workspace slot of this step's key (append steps)
+    decode_workspace: WorkspaceStep | None = None  # when set, decodes read it instead of gathering blocks
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32, repeat: int = 1) -> torch.Tensor:
@@ -215,22 +226,16 @@ class PagedAttention:
         outputs, lses = [], []
         if b.num_decodes:
             # One query per sequence: batched matmuls beat SDPA on CPU here, and GQA needs no repeats.
-            ws = b.decode_workspace
-            if ws is None:
+            if b.decode_workspace is None:
                 keys, values = k_blocks[:, b.decode_blocks].flatten(2, 3), v_blocks[:, b.decode_blocks].flatten(2, 3)
+                out, lse = partial_attention(_grouped(q[: b.num_decodes], kv_heads), keys, values, self.decode_bias)
+                outputs.append(_ungrouped(out))
+                lses.append(_ungrouped(lse))
             else:
-                if ws.fresh:  # this step's key is already in the cache: one gather brings everything
-                    blocks_view = (kv_heads, -1) + k_blocks.shape[2:]
-                    torch.index_select(k_blocks, 1, ws.fill_index, out=ws.k[layer].view(blocks_view))
-                    torch.index_select(v_blocks, 1, ws.fill_index, out=ws.v[layer].view(blocks_view))
-                else:  # append this step's key of every row at its flat position row * capacity + column
-                    ws.k[layer].flatten(1, 2).index_copy_(1, b.decode_write_cols, k[: b.num_decodes].transpose(0, 1))
-                    ws.v[layer].flatten(1, 2).index_copy_(1, b.decode_write_cols, v[: b.num_decodes].transpose(0, 1))
-                longest = max(ws.lengths)
-                keys, values = ws.k[layer][:, :, :longest], ws.v[layer][:, :, :longest]
-            out, lse = partial_attention(_grouped(q[: b.num_decodes], kv_heads), keys, values, self.decode_bias)
-            outputs.append(_ungrouped(out))
-            lses.append(_ungrouped(lse))
+                decodes = slice(0, b.num_decodes)
+                out, lse = self._decode_from_workspace(layer, q[decodes], k[decodes], v[decodes], k_blocks, v_blocks)
+                outputs.append(out)
+                lses.append(lse)
         for i, (span, blocks) in enumerate(zip(b.prefills, self.span_blocks)):
             qs = q[span.start: span.end]
             ks = k_blocks[:, blocks].flatten(1, 2)[:, : span.context_len - span.key_start]  # [kv_heads, S, d]
@@ -257,6 +262,31 @@ class PagedAttention:
                 out_p, lse_p = attention_with_lse(q[rows], kp, vp, None)
                 out[rows], _ = merge_states(out[rows], lse[rows], out_p, lse_p)
         return out
+
+
+    def _decode_from_workspace(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               k_blocks: torch.Tensor, v_blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decodes' own keys from the workspace: fill the rows of sequences that start decoding
+        (this step's key is already in the pool), append this step's key to the others, attend."""
+        step = self.batch.decode_workspace
+        k_rows, v_rows = step.workspace.k[layer], step.workspace.v[layer]  # [rows, kv_heads, capacity, d]
+        rows, kv_heads, d = q.shape[0], k_rows.shape[1], k_rows.shape[3]
+        if step.fill_target is not None:
+            for rows_of, pool in ((k_rows, k_blocks), (v_rows, v_blocks)):
+                pool_blocks = pool.reshape((-1,) + pool.shape[2:])  # [kv_heads * num_blocks, block_size, d]
+                rows_of.view((-1,) + pool_blocks.shape[1:]).index_copy_(0, step.fill_target, pool_blocks[step.fill_source])
+        if step.append_target is not None:
+            k_rows.view(-1, d).index_copy_(0, step.append_target, k[step.append_decodes].reshape(-1, d))
+            v_rows.view(-1, d).index_copy_(0, step.append_target, v[step.append_decodes].reshape(-1, d))
+        if step.decode_rows is not None:
+            q = torch.empty_like(q).index_copy_(0, step.decode_rows, q)
+        group = q.shape[1] // kv_heads
+        out, lse = partial_attention(q.view(rows, kv_heads, group, d), k_rows[:rows, :, : step.length],
+                                     v_rows[:rows, :, : step.length], self.decode_bias)
+        out, lse = out.view(rows, -1, d), lse.view(rows, -1)
+        if step.decode_rows is not None:
+            out, lse = out[step.decode_rows], lse[step.decode_rows]
+        return out, lse
 
 
 class CausalVarlenAttention:

@@ -1,18 +1,23 @@
 """Turns a scheduled step into one packed forward pass and returns the last-token logits."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from kojudge.attention import (DecodeWorkspace, KVCache, PagedAttention, PagedBatch, PrefillSpan, SharedPrefix,
-                               TritonPagedAttention)
+                               TritonPagedAttention, WorkspaceStep)
 from kojudge.model import Model
 from kojudge.sequence import Sequence
 
 
+def _key_mask(counts: torch.Tensor, length: int) -> torch.Tensor | None:
+    """[n, length] bool, False past each row's `counts` keys; None when every row has `length`."""
+    if bool((counts == length).all()):
+        return None
+    return torch.arange(length, device=counts.device)[None, :] < counts[:, None]
+
+
 class ModelRunner:
-    WORKSPACE_HEADROOM = 64  # decode steps a workspace can grow before it is rebuilt
+    WORKSPACE_HEADROOM = 64  # decode steps a row can grow before the workspace is reallocated
 
     def __init__(self, model: Model, cache: KVCache, device: torch.device, cascade: bool = True,
                  backend: str = "torch", workspace_bytes: int | None = None):
@@ -24,7 +29,6 @@ class ModelRunner:
         self.workspace_bytes = 0 if backend == "triton" else (pool_bytes // 2 if workspace_bytes is None
                                                               else workspace_bytes)
         self.workspace: DecodeWorkspace | None = None
-        self._workspace_storage: list[torch.Tensor] = []
         self.block_size = cache.block_size
         self._offsets = torch.arange(self.block_size, device=device)
 
@@ -60,50 +64,88 @@ class ModelRunner:
         return groups
 
     def _decode_workspace(self, decodes: list[tuple[Sequence, int]], key_start: list[int], key_counts: list[int],
-                          own_blocks: list[list[int]]) -> tuple[DecodeWorkspace | None, torch.Tensor | None]:
-        """Reuse the workspace when the same sequences decode again one key further (append this step's
-        key at `write_cols`); otherwise a fresh one, if it fits the memory budget."""
+                          own_blocks: list[list[int]]) -> tuple[WorkspaceStep | None, torch.Tensor | None]:
+        """Give each of the B decoding sequences a workspace row in [0, B) -> (the step, mask
+        [B, 1, 1, length] in row order, or None).
+
+        A sequence that decoded last step after the same shared prefix keeps its row and appends this
+        step's key; the others take the free rows and are filled from the pool. Rows of sequences that
+        do not decode this step are freed. (None, None) where the workspace would not fit."""
         if not self.workspace_bytes:
             return None, None
+        held_before = {} if self.workspace is None else self.workspace.rows
+        # Rows stay [0, B): a sequence keeps its row if that is below B, else it moves to a free row
+        # and is filled again (one row per departure), so no step attends to rows left empty.
+        row_of: dict[int, int] = {}
+        appends = []
+        for i, ((seq, _), ks, n) in enumerate(zip(decodes, key_start, key_counts)):
+            entry = held_before.get(seq.request_id)
+            if entry is not None and entry[0] < len(decodes):
+                row_of[i] = entry[0]
+                if entry[1:] == (ks, n - 1):
+                    appends.append(i)
+        free_rows = iter(sorted(set(range(len(decodes))) - set(row_of.values())))
+        for i in range(len(decodes)):
+            if i not in row_of:
+                row_of[i] = next(free_rows)
+        num_rows, length = len(decodes), max(key_counts)
         ws = self.workspace
-        request_ids = tuple(s.request_id for s, _ in decodes)
-        if (ws is not None and ws.request_ids == request_ids and ws.key_start == tuple(key_start)
-                and all(n == held + 1 for n, held in zip(key_counts, ws.lengths))
-                and max(key_counts) <= ws.k[0].shape[2]):
-            capacity = ws.k[0].shape[2]
-            write_cols = torch.tensor([row * capacity + held for row, held in enumerate(ws.lengths)], device=self.device)
-            ws.lengths, ws.fresh = key_counts, False
-            return ws, write_cols
-        self.workspace = None
-        bs = self.block_size
-        capacity_blocks = -(-(max(key_counts) + self.WORKSPACE_HEADROOM) // bs)
-        kv_heads, _, d = self.cache.k.shape[1:]
-        shape = (kv_heads, len(decodes), capacity_blocks * bs, d)
-        buffers = self._workspace_buffers(shape)
-        if buffers is None:
-            return None, None
-        # Each row's blocks, then its first block again as filler up to the capacity: columns past a
-        # row's keys are masked, they only need to hold finite numbers.
-        fill = [blocks + blocks[:1] * (capacity_blocks - len(blocks)) for blocks in own_blocks]
-        fill_index = torch.tensor(fill, device=self.device).flatten()
-        self.workspace = DecodeWorkspace(request_ids, tuple(key_start), key_counts, *buffers, fill_index=fill_index)
-        return self.workspace, None
+        if ws is None or ws.k[0].shape[0] < num_rows or ws.k[0].shape[2] < length:
+            ws = self.workspace = self._allocate_workspace(num_rows, length)
+            if ws is None:
+                return None, None
+            appends = []  # new storage: every row is filled
+        ws.rows = {seq.request_id: (row_of[i], ks, n)
+                   for i, ((seq, _), ks, n) in enumerate(zip(decodes, key_start, key_counts))}
+        kv_heads, capacity, device = ws.k[0].shape[1], ws.k[0].shape[2], self.device
+        heads = torch.arange(kv_heads, device=device)
+        fill_target = fill_source = append_target = append_decodes = None
+        fills = sorted(set(range(len(decodes))) - set(appends))
+        if fills:
+            # Each row's blocks, then its first block again up to the capacity: columns past a row's
+            # keys are masked, but must hold finite numbers (0 * inf is nan).
+            row_blocks = capacity // self.block_size
+            padded = [own_blocks[i] + own_blocks[i][:1] * (row_blocks - len(own_blocks[i])) for i in fills]
+            blocks = torch.tensor(padded, device=device).flatten()
+            rows = torch.tensor([row_of[i] for i in fills], device=device).repeat_interleave(row_blocks)
+            cols = torch.arange(row_blocks, device=device).repeat(len(fills))
+            fill_target = ((rows * kv_heads + heads[:, None]) * row_blocks + cols).flatten()
+            fill_source = (heads[:, None] * self.cache.num_blocks + blocks).flatten()
+        if appends:
+            rows = torch.tensor([row_of[i] for i in appends], device=device)
+            cols = torch.tensor([key_counts[i] - 1 for i in appends], device=device)
+            append_target = ((rows[:, None] * kv_heads + heads) * capacity + cols[:, None]).flatten()
+            append_decodes = slice(None) if len(appends) == len(decodes) else torch.tensor(appends, device=device)
+        decode_rows = None
+        counts = key_counts
+        if any(row_of[i] != i for i in range(num_rows)):
+            decode_rows = torch.tensor([row_of[i] for i in range(num_rows)], device=device)
+            counts = [0] * num_rows
+            for i, n in enumerate(key_counts):
+                counts[row_of[i]] = n
+        mask = _key_mask(torch.tensor(counts, device=device), length)
+        step = WorkspaceStep(ws, length, decode_rows, fill_target, fill_source, append_target, append_decodes)
+        return step, None if mask is None else mask[:, None, None, :]
 
-    def _workspace_buffers(self, shape: tuple[int, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        """Per-layer K and V views of `shape` over storage kept across workspaces: a fresh workspace
-        every step (while prefills join the decodes) would otherwise fault in new pages every step."""
-        layers = self.cache.k.shape[0]
-        numel = math.prod(shape)
-        if 2 * layers * numel * self.cache.k.element_size() > self.workspace_bytes:
-            return None
-        if not self._workspace_storage or self._workspace_storage[0].numel() < numel:
-            self._workspace_storage = []  # free the old storage before allocating
-            grown = min(numel * 3 // 2, self.workspace_bytes // (2 * layers * self.cache.k.element_size()))
-            # Uninitialized is safe: a fresh workspace's fill writes every element of its views.
-            self._workspace_storage = [torch.empty(grown, dtype=self.cache.k.dtype, device=self.device)
-                                       for _ in range(2 * layers)]
-        views = [storage[:numel].view(shape) for storage in self._workspace_storage]
-        return views[:layers], views[layers:]
+    def _allocate_workspace(self, num_rows: int, length: int) -> DecodeWorkspace | None:
+        """Storage for at least `num_rows` rows of `length` keys with room to grow (rows doubled,
+        WORKSPACE_HEADROOM more columns or half again), or exactly that if only that fits the budget.
+        Uninitialized: pages are faulted in as fills first write them, and a fill writes every column
+        of its row."""
+        old, self.workspace = self.workspace, None  # let the old storage go first
+        bs = self.block_size
+        rows, capacity = 2 * num_rows, -(-(length + self.WORKSPACE_HEADROOM) // bs) * bs
+        if old is not None:
+            old_rows, _, old_capacity, _ = old.k[0].shape
+            rows = max(rows, old_rows)
+            capacity = max(capacity, old_capacity * 3 // 2 // bs * bs if length > old_capacity else old_capacity)
+        layers, kv_heads, _, d = self.cache.k.shape
+        for rows, capacity in ((rows, capacity), (num_rows, -(-length // bs) * bs)):
+            if 2 * layers * rows * kv_heads * capacity * d * self.cache.k.element_size() <= self.workspace_bytes:
+                tensors = [torch.empty((rows, kv_heads, capacity, d), dtype=self.cache.k.dtype, device=self.device)
+                           for _ in range(2 * layers)]
+                return DecodeWorkspace(tensors[:layers], tensors[layers:])
+        return None
 
     def build(self, work: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, torch.Tensor, PagedBatch]:
         """Pack the step's new tokens (single-token decodes first) and describe their attention."""
@@ -124,7 +166,7 @@ class ModelRunner:
                     key_start[m] = common * bs
         slot_mapping = []
         decode_blocks = decode_mask = None
-        workspace = write_cols = None
+        workspace = None
         if num_decodes:
             decodes = ordered[:num_decodes]
             context = [s.num_computed + 1 for s, _ in decodes]
@@ -134,13 +176,12 @@ class ModelRunner:
             slot_mapping.append(torch.tensor([s.block_table[(c - 1) // bs] * bs + (c - 1) % bs
                                               for (s, _), c in zip(decodes, context)], device=device))
             key_counts = [c - ks for c, ks in zip(context, key_start)]
-            workspace, write_cols = self._decode_workspace(decodes, key_start[:num_decodes], key_counts, own)
-            span = max(key_counts) if workspace is not None else width * bs
-            keys = torch.tensor(key_counts, device=device)
-            if bool((keys != span).any()):
-                decode_mask = (torch.arange(span, device=device)[None, :] < keys[:, None])[:, None, :]
-        else:
-            self.workspace = None
+            workspace, decode_mask = self._decode_workspace(decodes, key_start[:num_decodes], key_counts, own)
+            if workspace is None:
+                decode_mask = _key_mask(torch.tensor(key_counts, device=device), width * bs)
+                decode_mask = None if decode_mask is None else decode_mask[:, None, :]
+        elif self.workspace is not None:
+            self.workspace.rows = {}
         spans, token_start = [], num_decodes
         for i in range(num_decodes, len(ordered)):
             seq, n = ordered[i]
@@ -162,8 +203,7 @@ class ModelRunner:
             if int(rows[-1] - rows[0]) == len(rows) - 1 and bool((rows.diff() == 1).all()):
                 rows = slice(int(rows[0]), int(rows[-1]) + 1)  # contiguous: a view, no gather
             shared.append(SharedPrefix(torch.tensor(ordered[members[0]][0].block_table[:common], device=device), rows))
-        batch = PagedBatch(torch.cat(slot_mapping), num_decodes, decode_blocks, decode_mask, spans, shared,
-                           workspace, write_cols)
+        batch = PagedBatch(torch.cat(slot_mapping), num_decodes, decode_blocks, decode_mask, spans, shared, workspace)
         return torch.tensor(ids, device=device), torch.tensor(positions, device=device), batch
 
     @torch.inference_mode()

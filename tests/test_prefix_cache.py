@@ -187,18 +187,37 @@ def test_triton_attention_backend_matches_torch(model_dirs):
     assert outs["triton"] == outs["torch"]
 
 
-def test_decode_workspace_appends_and_matches_block_gathers(model_dirs):
+def _workspace_steps(engine):
+    """Record the decode workspace use of every step the engine's runner builds."""
+    steps, build = [], engine.runner.build
+
+    def recording_build(work):
+        ids, positions, batch = build(work)
+        steps.append(batch.decode_workspace)
+        return ids, positions, batch
+
+    engine.runner.build = recording_build
+    return steps
+
+
+@pytest.mark.parametrize("max_num_seqs", [256, 3])
+def test_decode_workspace_rows_match_block_gathers(model_dirs, max_num_seqs):
+    """Sequences leave the workspace at staggered ends and (with max_num_seqs=3) newcomers take
+    their rows while others keep appending: the same tokens as gathering blocks every step."""
     prompts = tournament_prompts(num_questions=2, matches=3, seed=13)
     params = [SamplingParams(max_tokens=12 + 3 * i, ignore_eos=True) for i in range(len(prompts))]  # staggered ends
     outs = {}
     for budget in (None, 0):
-        engine = kojudge.Engine(model_dirs["qwen3-tied"], block_size=4)
+        engine = kojudge.Engine(model_dirs["qwen3-tied"], block_size=4, max_num_seqs=max_num_seqs)
         engine.runner.workspace_bytes = engine.runner.workspace_bytes if budget is None else budget
-        rids = [engine.submit(p, sp) for p, sp in zip(prompts, params)]
-        done, appended = {}, False
-        while len(done) < len(rids):
-            done.update({o.request_id: o.token_ids for o in engine.step()})
-            appended |= engine.runner.workspace is not None and not engine.runner.workspace.fresh
-        assert appended == (budget is None)
-        outs[budget] = [done[r] for r in rids]
+        steps = _workspace_steps(engine)
+        outs[budget] = [o.token_ids for o in engine.generate(prompts, params)]
+        used = [s for s in steps if s is not None]
+        if budget == 0:
+            assert not used
+            continue
+        assert any(s.append_target is not None for s in used)
+        if max_num_seqs == 3:  # a newcomer filled while others append, in a row out of decode order
+            assert any(s.fill_target is not None and s.append_target is not None and s.decode_rows is not None
+                       for s in used)
     assert outs[None] == outs[0]
