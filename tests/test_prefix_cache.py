@@ -221,3 +221,18 @@ def test_decode_workspace_rows_match_block_gathers(model_dirs, max_num_seqs):
             assert any(s.fill_target is not None and s.append_target is not None and s.decode_rows is not None
                        for s in used)
     assert outs[None] == outs[0]
+
+
+def test_decode_workspace_shrinks_headroom_to_fit_its_budget():
+    """Rows and columns to grow into when the budget allows; else the columns the budget allows (at
+    least the keys needed); else no workspace (decodes gather their blocks)."""
+    layers, kv_heads, d, bs = 2, 2, 8, 4
+    cache = KVCache(layers, 64, bs, kv_heads, d, torch.float32, "cpu")
+    column_bytes = 2 * layers * kv_heads * d * 4
+    runner = ModelRunner(None, cache, torch.device("cpu"), workspace_bytes=2**30)
+    ws = runner._allocate_workspace(num_rows=3, length=10)
+    assert ws.k[0].shape == (6, kv_heads, 10 + ModelRunner.WORKSPACE_HEADROOM + 2, d)
+    runner.workspace, runner.workspace_bytes = None, 3 * 20 * column_bytes
+    assert runner._allocate_workspace(num_rows=3, length=10).k[0].shape == (3, kv_heads, 20, d)
+    runner.workspace, runner.workspace_bytes = None, 3 * 11 * column_bytes
+    assert runner._allocate_workspace(num_rows=3, length=10) is None  # 12 columns (3 blocks) do not fit
