@@ -114,8 +114,8 @@ def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q [..., M, d] to k/v [..., S, d] -> (out [..., M, d], log-sum-exp [..., M] float32).
 
-    bias: float32 additive mask (additive_mask) broadcast to the scores. The LSE lets partial results
-    over disjoint key sets be merged exactly (merge_states).
+    bias: additive mask (additive_mask) broadcast to the scores, float32 or q's dtype. The LSE lets
+    partial results over disjoint key sets be merged exactly (merge_states).
     """
     scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(q.shape[-1] ** -0.5)
     if bias is not None:
@@ -225,8 +225,7 @@ class PagedAttention:
         kv_heads = k_blocks.shape[0]
         outputs, lses = [], []
         if b.num_decodes:
-            # One query per sequence: batched matmuls beat SDPA on CPU here, and GQA needs no repeats.
-            if b.decode_workspace is None:
+            if b.decode_workspace is None:  # gather every block (a workspace would not fit, or Triton's layout)
                 keys, values = k_blocks[:, b.decode_blocks].flatten(2, 3), v_blocks[:, b.decode_blocks].flatten(2, 3)
                 out, lse = partial_attention(_grouped(q[: b.num_decodes], kv_heads), keys, values, self.decode_bias)
                 outputs.append(_ungrouped(out))
@@ -263,7 +262,6 @@ class PagedAttention:
                 out[rows], _ = merge_states(out[rows], lse[rows], out_p, lse_p)
         return out
 
-
     def _decode_from_workspace(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                k_blocks: torch.Tensor, v_blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The decodes' own keys from the workspace: fill the rows of sequences that start decoding
@@ -274,7 +272,8 @@ class PagedAttention:
         if step.fill_target is not None:
             for rows_of, pool in ((k_rows, k_blocks), (v_rows, v_blocks)):
                 pool_blocks = pool.reshape((-1,) + pool.shape[2:])  # [kv_heads * num_blocks, block_size, d]
-                rows_of.view((-1,) + pool_blocks.shape[1:]).index_copy_(0, step.fill_target, pool_blocks[step.fill_source])
+                fill = pool_blocks[step.fill_source]
+                rows_of.view((-1,) + pool_blocks.shape[1:]).index_copy_(0, step.fill_target, fill)
         if step.append_target is not None:
             k_rows.view(-1, d).index_copy_(0, step.append_target, k[step.append_decodes].reshape(-1, d))
             v_rows.view(-1, d).index_copy_(0, step.append_target, v[step.append_decodes].reshape(-1, d))

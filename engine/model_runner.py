@@ -27,7 +27,7 @@ class ModelRunner:
         # pool's size unless told otherwise (0 disables it): without one, every decode step gathers all
         # its blocks again (64 x 1k keys, float32: 390 ms a step instead of 60).
         pool_bytes = cache.k.numel() * cache.k.element_size() * 2
-        self.workspace_bytes = 0 if backend == "triton" else (pool_bytes if workspace_bytes is None else workspace_bytes)
+        self.workspace_bytes = 0 if backend == "triton" else pool_bytes if workspace_bytes is None else workspace_bytes
         self.workspace: DecodeWorkspace | None = None
         self.block_size = cache.block_size
         self._offsets = torch.arange(self.block_size, device=device)
