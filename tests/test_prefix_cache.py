@@ -200,10 +200,12 @@ def _workspace_steps(engine):
     return steps
 
 
-@pytest.mark.parametrize("max_num_seqs", [256, 3])
-def test_decode_workspace_rows_match_block_gathers(model_dirs, max_num_seqs):
-    """Sequences leave the workspace at staggered ends and (with max_num_seqs=3) newcomers take
-    their rows while others keep appending: the same tokens as gathering blocks every step."""
+@pytest.mark.parametrize("max_num_seqs,headroom", [(256, 64), (3, 64), (256, 1)])
+def test_decode_workspace_rows_match_block_gathers(model_dirs, monkeypatch, max_num_seqs, headroom):
+    """Sequences leave the workspace at staggered ends, (max_num_seqs=3) newcomers take their rows
+    while others keep appending, (headroom=1) the storage is outgrown and refilled every few steps:
+    the same tokens as gathering blocks every step."""
+    monkeypatch.setattr(ModelRunner, "WORKSPACE_HEADROOM", headroom)
     prompts = tournament_prompts(num_questions=2, matches=3, seed=13)
     params = [SamplingParams(max_tokens=12 + 3 * i, ignore_eos=True) for i in range(len(prompts))]  # staggered ends
     outs = {}
@@ -220,6 +222,8 @@ def test_decode_workspace_rows_match_block_gathers(model_dirs, max_num_seqs):
         if max_num_seqs == 3:  # a newcomer filled while others append, in a row out of decode order
             assert any(s.fill_target is not None and s.append_target is not None and s.decode_rows is not None
                        for s in used)
+        storages = {id(s.workspace) for s in used}
+        assert len(storages) >= (4 if headroom == 1 else 1)
     assert outs[None] == outs[0]
 
 
