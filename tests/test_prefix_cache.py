@@ -1,6 +1,8 @@
 """Prefix cache, cache-aware scheduling and cascade attention."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import kojudge
 from conftest import hf_greedy, random_prompts
@@ -225,6 +227,46 @@ def test_decode_workspace_rows_match_block_gathers(model_dirs, monkeypatch, max_
         storages = {id(s.workspace) for s in used}
         assert len(storages) >= (4 if headroom == 1 else 1)
     assert outs[None] == outs[0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), headroom=st.sampled_from([1, 3, 64]), block_size=st.sampled_from([2, 4]))
+def test_decode_workspace_rows_fuzzed_against_block_gathers(data, headroom, block_size):
+    """Random decode steps, at the attention level: sequences leave, newcomers join already deep in
+    their context (with or without the shared prefix), the decode order is shuffled, the storage is
+    outgrown. Every step equals the same step over gathered blocks (no workspace)."""
+    torch.manual_seed(0)
+    kv_heads, heads, d, prefix_blocks = 2, 4, 8, 3
+    cache = KVCache(1, 400, block_size, kv_heads, d, torch.float32, "cpu")
+    cache.k.normal_()
+    cache.v.normal_()
+    runner = ModelRunner(None, cache, torch.device("cpu"), workspace_bytes=2**30)
+    runner.WORKSPACE_HEADROOM = headroom
+    gather = ModelRunner(None, cache, torch.device("cpu"), workspace_bytes=0)
+    next_block, next_id, live = prefix_blocks, 0, []
+    for _ in range(data.draw(st.integers(2, 8), label="steps")):
+        live = [seq for seq in live if not data.draw(st.booleans(), label="leaves")]
+        for _ in range(data.draw(st.integers(0 if live else 1, 3), label="joining")):
+            shares = data.draw(st.booleans(), label="shares the prefix")
+            computed = data.draw(st.integers(prefix_blocks * block_size if shares else 1, 30), label="context")
+            seq = Sequence(next_id, None, [0] * (computed + 1), SamplingParams(), None)
+            seq.num_computed, next_id = computed, next_id + 1
+            seq.block_table = list(range(prefix_blocks)) if shares else []
+            live.append(seq)
+        for seq in live:  # blocks up to the position of this step's token
+            while len(seq.block_table) * block_size < seq.num_computed + 1:
+                seq.block_table.append(next_block)
+                next_block += 1
+        order = data.draw(st.permutations(live), label="decode order")
+        work = [(seq, 1) for seq in order]
+        q, k, v = torch.randn(len(work), heads, d), torch.randn(len(work), kv_heads, d), torch.randn(len(work), kv_heads, d)
+        expected = PagedAttention(cache, gather.build(work)[2])(0, q, k, v)
+        batch = runner.build(work)[2]
+        assert batch.decode_workspace is not None
+        torch.testing.assert_close(PagedAttention(cache, batch)(0, q, k, v), expected, atol=1e-5, rtol=1e-5)
+        for seq in live:
+            seq.token_ids.append(0)
+            seq.num_computed += 1
 
 
 def test_decode_workspace_shrinks_headroom_to_fit_its_budget():
