@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 import kojudge
 from kojudge import onednn
-from kojudge.attention import merge_states, partial_attention
+from kojudge.attention import (additive_mask, attention_with_lse, causal_attention_with_lse, merge_states,
+                               partial_attention)
 from kojudge.kernels import chosen_logprobs
 
 pytestmark = pytest.mark.benchmark(min_rounds=5, warmup=True)
@@ -84,3 +85,18 @@ def test_knockout_logic_64_candidates(benchmark):
         return [(truth[a], truth[b]) for a, b in pairs]
 
     benchmark(lambda: kojudge.knockout(64, compare, teams=teams, seed=1))
+
+
+@pytest.mark.parametrize("rows,keys", [(512, 512), (1024, 2048)])  # below and above CAUSAL_SPLIT_MIN_ROWS
+@pytest.mark.parametrize("path", ["one_masked_call", "causal_split"])
+def test_prefill_span_attention(benchmark, rows, keys, path):
+    """A prefill chunk's queries (8 heads over 4 KV heads) attending causally to the keys before them
+    and to their own: one call with a bias mask vs the unmasked part + the flash kernel's causal square."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(rows, 8, 64, generator=g)
+    k, v = torch.randn(4, keys, 64, generator=g), torch.randn(4, keys, 64, generator=g)
+    if path == "causal_split":
+        benchmark(causal_attention_with_lse, q, k, v)
+    else:
+        visible = torch.arange(keys)[None, :] <= torch.arange(rows)[:, None] + keys - rows
+        benchmark(attention_with_lse, q, k, v, additive_mask(visible, q.dtype, repeat=2))

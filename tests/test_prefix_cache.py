@@ -7,7 +7,9 @@ from hypothesis import strategies as st
 import kojudge
 from conftest import hf_greedy, random_prompts
 from kojudge import SamplingParams
-from kojudge.attention import KVCache, PagedAttention, attention_with_lse, merge_states, partial_attention
+from kojudge import attention
+from kojudge.attention import (KVCache, PagedAttention, attention_with_lse, causal_attention_with_lse,
+                               merge_states, partial_attention)
 from kojudge.block_manager import BlockPool
 from kojudge.model_runner import ModelRunner
 from kojudge.sequence import Sequence
@@ -114,6 +116,23 @@ def test_cascade_attention_equals_plain_attention(block_size, shared):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("m,keys,heads,kv_heads", [(5, 5, 4, 2), (7, 19, 6, 2), (33, 40, 4, 4), (1, 9, 4, 1)])
+def test_causal_attention_with_lse_equals_masked_attention(m, keys, heads, kv_heads):
+    """The last m positions attend to keys up to their own: the unmasked part before them plus the
+    causal square, merged, equals one masked attention (output and LSE)."""
+    torch.manual_seed(2)
+    d = 16
+    q, k, v = torch.randn(m, heads, d), torch.randn(kv_heads, keys, d), torch.randn(kv_heads, keys, d)
+    out, lse = causal_attention_with_lse(q, k, v)
+    visible = torch.arange(keys)[None, :] <= torch.arange(m)[:, None] + keys - m
+    group = heads // kv_heads
+    grouped = q.double().view(m, kv_heads, group, d).permute(1, 2, 0, 3)  # [kv_heads, group, m, d]
+    bias = torch.zeros(m, keys, dtype=torch.float64).masked_fill(~visible, float("-inf"))
+    ref, ref_lse = partial_attention(grouped, k.double()[:, None], v.double()[:, None], bias)
+    torch.testing.assert_close(out.double(), ref.permute(2, 0, 1, 3).reshape(m, heads, d), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), ref_lse.double().permute(2, 0, 1).reshape(m, heads), atol=1e-5, rtol=1e-5)
+
+
 def test_shared_prefix_groups_stop_at_the_first_difference():
     tables = [[1, 2, 3, 9], [1, 2, 4, 8], [1, 2, 3, 7], [5, 6], [1, 2]]
     groups = ModelRunner.shared_prefixes(tables, [3, 3, 3, 1, 1])
@@ -122,7 +141,13 @@ def test_shared_prefix_groups_stop_at_the_first_difference():
 
 # ---- the engine with cache and cascade --------------------------------------------------------------
 
-def test_tournament_prompts_cached_and_cascaded_match_transformers(model_dirs, hf_models):
+@pytest.mark.parametrize("causal_split_rows", [attention.CAUSAL_SPLIT_MIN_ROWS, 2],
+                         ids=["masked-spans", "causal-split"])
+def test_tournament_prompts_cached_and_cascaded_match_transformers(model_dirs, hf_models, monkeypatch,
+                                                                   causal_split_rows):
+    """causal-split: every prefill chunk after a cached or shared part takes the causal-square path
+    that the engine takes from 768 rows on."""
+    monkeypatch.setattr(attention, "CAUSAL_SPLIT_MIN_ROWS", causal_split_rows)
     prompts = tournament_prompts()
     hf = hf_models["qwen3-untied"]
     engines = {
@@ -259,7 +284,8 @@ def test_decode_workspace_rows_fuzzed_against_block_gathers(data, headroom, bloc
                 next_block += 1
         order = data.draw(st.permutations(live), label="decode order")
         work = [(seq, 1) for seq in order]
-        q, k, v = torch.randn(len(work), heads, d), torch.randn(len(work), kv_heads, d), torch.randn(len(work), kv_heads, d)
+        q = torch.randn(len(work), heads, d)
+        k, v = torch.randn(len(work), kv_heads, d), torch.randn(len(work), kv_heads, d)
         expected = PagedAttention(cache, gather.build(work)[2])(0, q, k, v)
         batch = runner.build(work)[2]
         assert batch.decode_workspace is not None
