@@ -187,7 +187,7 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
     return out, lse.float().view(kv_heads, group, m).permute(2, 0, 1).reshape(m, heads)
 
 
-CAUSAL_SPLIT_MIN_ROWS = 768  # query rows from which splitting off the causal square beat one masked call
+CAUSAL_SPLIT_MIN_ROWS = 768  # query rows from which splitting off the causal square beats one masked call
 
 
 def causal_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
