@@ -27,7 +27,8 @@ class Engine:
     """Continuous-batching generation over a paged, prefix-cached KV pool.
 
     `kv_cache_blocks` sizes the pool directly (tests force preemption with it); otherwise
-    `kv_cache_gib` of memory is used, capped at what `max_num_seqs` full-length sequences need.
+    `kv_cache_gib` of memory is used, capped at what `max_num_seqs` full-length sequences need; the
+    torch backend's decode workspace (ModelRunner) may take up to as much again while decoding.
     `pack_weights` runs the linear layers on oneDNN-packed weights (kojudge.onednn: 2.4x MKL's
     float32 matmul here); by default on wherever it applies (CPU, float32 or bfloat16).
     """
