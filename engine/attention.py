@@ -137,6 +137,12 @@ def merge_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, 
 
 
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _flash_cpu_runs(x: torch.Tensor) -> bool:
+    """Whether torch's CPU flash kernel (which also returns the LSE) can take x."""
+    return _FLASH_CPU is not None and x.device.type == "cpu"
+
 ONEDNN_MIN_ROWS = 128  # stacked query rows from which the oneDNN form beat the flash kernel
 ONEDNN_ROW_CHUNK = 512  # rows scored at a time, so one head's score block stays in L2
 
@@ -178,7 +184,7 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
     stacked = q.view(m, kv_heads, group, d).permute(1, 2, 0, 3).reshape(kv_heads, group * m, d)
     if bias is None and stacked.shape[1] >= ONEDNN_MIN_ROWS and onednn.applies(q):
         out, lse = _attention_onednn(stacked, k, v)
-    elif _FLASH_CPU is not None and q.device.type == "cpu":
+    elif _flash_cpu_runs(q):
         out, lse = _FLASH_CPU(stacked[None], k[None], v[None], attn_mask=bias)
         out, lse = out[0], lse[0]
     else:
@@ -225,12 +231,13 @@ def _ungrouped(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
 
 
-def _as_range(blocks: torch.Tensor) -> torch.Tensor | slice:
-    """Consecutive block ids as a slice, so that reading them is a view of the pool, not a gather."""
-    n = blocks.numel()
-    if n and int(blocks[-1] - blocks[0]) == n - 1 and (n == 1 or bool((blocks.diff() == 1).all())):
-        return slice(int(blocks[0]), int(blocks[0]) + n)
-    return blocks
+def as_range(index: torch.Tensor) -> torch.Tensor | slice:
+    """Consecutive ids (pool blocks, packed rows) as a slice, so that indexing with them is a view,
+    not a gather."""
+    n = index.numel()
+    if n and int(index[-1] - index[0]) == n - 1 and (n == 1 or bool((index.diff() == 1).all())):
+        return slice(int(index[0]), int(index[0]) + n)
+    return index
 
 
 class PagedAttention:
@@ -238,8 +245,8 @@ class PagedAttention:
         self.cache, self.batch = cache, batch
         # Resolved once per step rather than once per layer; a fresh pool hands out consecutive blocks,
         # so a long shared prefix is usually one run.
-        self.span_blocks = [_as_range(span.blocks) for span in batch.prefills]
-        self.prefix_blocks = [_as_range(prefix.blocks) for prefix in batch.shared]
+        self.span_blocks = [as_range(span.blocks) for span in batch.prefills]
+        self.prefix_blocks = [as_range(prefix.blocks) for prefix in batch.shared]
         self.decode_bias = None if batch.decode_mask is None else additive_mask(batch.decode_mask, cache.k.dtype)
         self.span_bias: dict[int, torch.Tensor] = {}  # built at the first layer, which knows the GQA group
 
@@ -265,8 +272,7 @@ class PagedAttention:
             qs = q[span.start: span.end]
             ks = k_blocks[:, blocks].flatten(1, 2)[:, : span.context_len - span.key_start]  # [kv_heads, S, d]
             vs = v_blocks[:, blocks].flatten(1, 2)[:, : span.context_len - span.key_start]
-            if span.mask is not None and len(qs) >= CAUSAL_SPLIT_MIN_ROWS and _FLASH_CPU is not None \
-                    and q.device.type == "cpu":
+            if span.mask is not None and len(qs) >= CAUSAL_SPLIT_MIN_ROWS and _flash_cpu_runs(q):
                 out, lse = causal_attention_with_lse(qs, ks, vs)
                 outputs.append(out)
                 lses.append(lse)
@@ -312,7 +318,7 @@ class PagedAttention:
             q = torch.empty_like(q).index_copy_(0, step.decode_rows, q)
         q = q.view(rows, kv_heads, q.shape[1] // kv_heads, d)  # the query heads of a KV head as its query rows
         keys, values = k_rows[:rows, :, : step.length], v_rows[:rows, :, : step.length]
-        if _FLASH_CPU is not None and q.device.type == "cpu":
+        if _flash_cpu_runs(q):
             # Reads the strided rows in place; bfloat16 batched matmuls copy them first (5x slower at 1k keys).
             out, lse = _FLASH_CPU(q, keys, values, attn_mask=self.decode_bias)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from kojudge.attention import (DecodeWorkspace, KVCache, PagedAttention, PagedBatch, PrefillSpan, SharedPrefix,
-                               TritonPagedAttention, WorkspaceStep)
+                               TritonPagedAttention, WorkspaceStep, as_range)
 from kojudge.model import Model
 from kojudge.sequence import Sequence
 
@@ -201,10 +201,8 @@ class ModelRunner:
             rows = [torch.tensor([m], device=device) if m < num_decodes else
                     torch.arange(spans[m - num_decodes].start, spans[m - num_decodes].end, device=device)
                     for m in members]
-            rows = torch.cat(rows)
-            if int(rows[-1] - rows[0]) == len(rows) - 1 and bool((rows.diff() == 1).all()):
-                rows = slice(int(rows[0]), int(rows[-1]) + 1)  # contiguous: a view, no gather
-            shared.append(SharedPrefix(torch.tensor(ordered[members[0]][0].block_table[:common], device=device), rows))
+            shared.append(SharedPrefix(torch.tensor(ordered[members[0]][0].block_table[:common], device=device),
+                                       as_range(torch.cat(rows))))
         batch = PagedBatch(torch.cat(slot_mapping), num_decodes, decode_blocks, decode_mask, spans, shared, workspace)
         return torch.tensor(ids, device=device), torch.tensor(positions, device=device), batch
 

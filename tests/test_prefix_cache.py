@@ -8,7 +8,7 @@ import kojudge
 from conftest import hf_greedy, random_prompts
 from kojudge import SamplingParams
 from kojudge import attention
-from kojudge.attention import (KVCache, PagedAttention, attention_with_lse, causal_attention_with_lse,
+from kojudge.attention import (KVCache, PagedAttention, additive_mask, attention_with_lse, causal_attention_with_lse,
                                merge_states, partial_attention)
 from kojudge.block_manager import BlockPool
 from kojudge.model_runner import ModelRunner
@@ -64,6 +64,16 @@ def test_identical_blocks_registered_twice_keep_one_entry():
 
 # ---- cascade attention --------------------------------------------------------------------------------
 
+def grouped_reference(q, k, v, bias):
+    """Attention of q [M, heads, d] to k/v [kv_heads, S, d] in float64 by partial_attention, each query
+    head on its KV head -> (out [M, heads, d], LSE [M, heads]); bias [M, S] additive, or None."""
+    m, heads, d = q.shape
+    kv_heads = k.shape[0]
+    grouped = q.double().view(m, kv_heads, heads // kv_heads, d).permute(1, 2, 0, 3)  # [kv_heads, group, M, d]
+    out, lse = partial_attention(grouped, k.double()[:, None], v.double()[:, None], bias)
+    return out.permute(2, 0, 1, 3).reshape(m, heads, d), lse.double().permute(2, 0, 1).reshape(m, heads)
+
+
 def test_merge_states_equals_attention_over_the_union():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 5, 8), torch.randn(2, 13, 8), torch.randn(2, 13, 8)
@@ -80,10 +90,9 @@ def test_attention_with_lse_equals_plain_attention(rows):
     g = torch.Generator().manual_seed(rows)
     q, k, v = torch.randn(rows, 4, 16, generator=g), torch.randn(2, 37, 16, generator=g), torch.randn(2, 37, 16, generator=g)
     out, lse = attention_with_lse(q, k, v, None)
-    grouped = q.double().view(rows, 2, 2, 16).permute(1, 2, 0, 3)  # [kv_heads, group, rows, d]
-    ref, ref_lse = partial_attention(grouped, k.double()[:, None], v.double()[:, None], None)
-    torch.testing.assert_close(out.double(), ref.permute(2, 0, 1, 3).reshape(rows, 4, 16), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lse.double(), ref_lse.double().permute(2, 0, 1).reshape(rows, 4), atol=1e-5, rtol=1e-5)
+    ref, ref_lse = grouped_reference(q, k, v, None)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("shared", [[0, 1, 2], [3, 0, 8]], ids=["consecutive", "scattered"])
@@ -125,12 +134,9 @@ def test_causal_attention_with_lse_equals_masked_attention(m, keys, heads, kv_he
     q, k, v = torch.randn(m, heads, d), torch.randn(kv_heads, keys, d), torch.randn(kv_heads, keys, d)
     out, lse = causal_attention_with_lse(q, k, v)
     visible = torch.arange(keys)[None, :] <= torch.arange(m)[:, None] + keys - m
-    group = heads // kv_heads
-    grouped = q.double().view(m, kv_heads, group, d).permute(1, 2, 0, 3)  # [kv_heads, group, m, d]
-    bias = torch.zeros(m, keys, dtype=torch.float64).masked_fill(~visible, float("-inf"))
-    ref, ref_lse = partial_attention(grouped, k.double()[:, None], v.double()[:, None], bias)
-    torch.testing.assert_close(out.double(), ref.permute(2, 0, 1, 3).reshape(m, heads, d), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lse.double(), ref_lse.double().permute(2, 0, 1).reshape(m, heads), atol=1e-5, rtol=1e-5)
+    ref, ref_lse = grouped_reference(q, k, v, additive_mask(visible, torch.float64))
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
 
 
 def test_shared_prefix_groups_stop_at_the_first_difference():
