@@ -22,7 +22,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6"],
         "plots": ["matplotlib>=3.8"],
-        "gpu": ["flashinfer-python"],
+        "gpu": ["flashinfer-python>=0.2.0"],  # plan()/run() API; checked against 0.7.4's source
     },
     entry_points={"console_scripts": ["kojudge=kojudge.cli:main"]},
 )

@@ -9,12 +9,18 @@
    Goals: >= 0.9x flashinfer cascade and >= 5x non-shared at P=4k, B=64.
 2. Chosen-token log-probs, forward + backward, V=152,064, T=8,192, H=3,584, bfloat16: fused Triton vs
    naive log_softmax + gather; time and peak memory. Goal: fused peak <= 1/8 of naive.
+3. The engine on CUDA, bfloat16, on each attention backend (torch, triton, flashinfer when installed):
+   a tournament first round (bench/workloads.first_round) on a random Qwen2 the size of the CPU
+   benchmarks' model; judge calls/s, and how many greedy outputs and chosen-token log-probs agree with
+   the Triton backend's. This is the only run of the flashinfer backend against the real package
+   (the test suite checks it against a CPU stand-in, tests/fake_flashinfer.py).
 Results go to bench/results/gpu_kernels.json; a failing backend is recorded, not fatal.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -22,7 +28,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_generate import BENCH_MODEL  # noqa: E402
 from common import write_result  # noqa: E402
+from workloads import first_round  # noqa: E402
 
 from kojudge.kernels import chosen_logprobs  # noqa: E402
 from kojudge.kernels.attention import merge_state_triton, paged_attention_triton  # noqa: E402
@@ -139,6 +147,44 @@ def logprobs_case(tokens: int, vocab: int, hidden_size: int) -> dict:
     return out
 
 
+def engine_case(num_questions: int) -> dict:
+    import tempfile
+
+    import kojudge
+    from kojudge.kernels.dispatch import flashinfer_available
+    from kojudge.tiny import make_tiny_model
+
+    backends = ["torch", "triton"] + (["flashinfer"] if flashinfer_available() else [])
+    results: dict = {"num_questions": num_questions, "backends": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_tiny_model(tmp, "qwen2", tie_word_embeddings=True, initializer_range=0.05, **BENCH_MODEL)
+        workload = first_round(num_questions=num_questions, vocab_size=kojudge.load_config(path).vocab_size)
+        params = kojudge.SamplingParams(max_tokens=16, ignore_eos=True, logprobs=True)
+        outputs = {}
+        for backend in backends:
+            try:
+                engine = kojudge.Engine(path, dtype="bfloat16", device="cuda", attention_backend=backend)
+                engine.generate(workload.prompts[:4], params)  # compile / JIT before timing
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                outputs[backend] = engine.generate(workload.prompts, params)
+                torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+                results["backends"][backend] = {"seconds": seconds, "calls_per_s": len(workload.prompts) / seconds}
+            except Exception as exc:  # noqa: BLE001 - recorded, not fatal
+                results["backends"][backend] = {"error": "".join(traceback.format_exception_only(exc)).strip()}
+            torch.cuda.empty_cache()
+        for backend, outs in outputs.items():
+            if backend == "triton" or "triton" not in outputs:
+                continue
+            pairs = list(zip(outs, outputs["triton"]))
+            results["backends"][backend]["same_tokens_as_triton"] = sum(a.token_ids == b.token_ids for a, b in pairs)
+            results["backends"][backend]["max_first_logprob_diff_vs_triton"] = max(
+                abs(a.logprobs[0] - b.logprobs[0]) for a, b in pairs)
+    results["calls"] = len(workload.prompts)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="one decode case and a small log-prob case")
@@ -156,7 +202,10 @@ def main() -> None:
         torch.cuda.empty_cache()
     logprobs = logprobs_case(2048 if args.quick else 8192, 152064, 3584)
     print(logprobs, flush=True)
-    path = write_result("gpu_kernels" + ("_quick" if args.quick else ""), {"decode": decode, "logprobs": logprobs})
+    engine = engine_case(2 if args.quick else 8)
+    print(engine, flush=True)
+    path = write_result("gpu_kernels" + ("_quick" if args.quick else ""),
+                        {"decode": decode, "logprobs": logprobs, "engine": engine})
     print(f"-> {path}")
 
 

@@ -29,6 +29,11 @@ class KVCache:
         self.block_size = block_size
         self.num_blocks = num_blocks
 
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+        """Write new keys/values [T, kv_heads, d] of one layer into their slots."""
+        self.k[layer].index_copy_(1, slots, k.transpose(0, 1))
+        self.v[layer].index_copy_(1, slots, v.transpose(0, 1))
+
     def blocks(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         kv_heads, _, d = self.k.shape[1:]
         shape = (kv_heads, self.num_blocks, self.block_size, d)
@@ -101,6 +106,31 @@ class PagedBatch:
     prefills: list[PrefillSpan]
     shared: list[SharedPrefix] = field(default_factory=list)
     decode_workspace: WorkspaceStep | None = None  # when set, decodes read it instead of gathering blocks
+    decode_key_counts: list[int] = field(default_factory=list)  # keys of each decode past its shared prefix
+
+
+@dataclass
+class KeyRuns:
+    """A step as varlen kernels see it: each decode and each prefill span is one run of query rows
+    [q_start[i], q_start[i + 1]) over its own keys (past any shared prefix), held in `blocks[i]`;
+    query j of a run sees its first kv_lens[i] - (rows in the run) + j + 1 keys."""
+
+    q_start: list[int]
+    blocks: list[torch.Tensor]
+    kv_lens: list[int]
+
+    @classmethod
+    def of(cls, batch: PagedBatch, block_size: int) -> KeyRuns:
+        runs = cls([0], [], [])
+        for i, count in enumerate(batch.decode_key_counts):
+            runs.q_start.append(i + 1)
+            runs.blocks.append(batch.decode_blocks[i, : -(-count // block_size)])
+            runs.kv_lens.append(count)
+        for span in batch.prefills:
+            runs.q_start.append(span.end)
+            runs.blocks.append(span.blocks)
+            runs.kv_lens.append(span.context_len - span.key_start)
+        return runs
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32, repeat: int = 1) -> torch.Tensor:
@@ -252,8 +282,7 @@ class PagedAttention:
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b = self.batch
-        self.cache.k[layer].index_copy_(1, b.slot_mapping, k.transpose(0, 1))
-        self.cache.v[layer].index_copy_(1, b.slot_mapping, v.transpose(0, 1))
+        self.cache.store(layer, k, v, b.slot_mapping)
         k_blocks, v_blocks = self.cache.blocks(layer)  # [kv_heads, num_blocks, block_size, d]
         kv_heads = k_blocks.shape[0]
         outputs, lses = [], []
@@ -353,27 +382,16 @@ class TritonPagedAttention:
     def __init__(self, cache: KVCache, batch: PagedBatch):
         self.cache, self.batch = cache, batch
         device = batch.slot_mapping.device
-        tables, kv_lens, q_offsets, q_start = [], [], [], [0]
-        if batch.num_decodes:
-            width = batch.decode_blocks.shape[1] * cache.block_size
-            lens = batch.decode_mask[:, 0].sum(-1) if batch.decode_mask is not None else \
-                torch.full((batch.num_decodes,), width, device=device)
-            tables.extend(batch.decode_blocks)
-            kv_lens.extend(lens.tolist())
-            q_offsets.extend((lens - 1).tolist())
-            q_start.extend(range(1, batch.num_decodes + 1))
-        for span in batch.prefills:
-            tables.append(span.blocks)
-            kv_lens.append(span.context_len - span.key_start)
-            q_offsets.append(span.context_len - (span.end - span.start) - span.key_start)
-            q_start.append(span.end)
-        width = max(len(t) for t in tables)
-        self.tables = torch.zeros(len(tables), width, dtype=torch.int32, device=device)
-        for row, table in enumerate(tables):
-            self.tables[row, : len(table)] = table
+        runs = KeyRuns.of(batch, cache.block_size)
+        width = max(len(blocks) for blocks in runs.blocks)
+        self.tables = torch.zeros(len(runs.blocks), width, dtype=torch.int32, device=device)
+        for row, blocks in enumerate(runs.blocks):
+            self.tables[row, : len(blocks)] = blocks
+        rows = [end - start for start, end in zip(runs.q_start, runs.q_start[1:])]
         as_int = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)  # noqa: E731
-        self.kv_lens, self.q_offsets, self.q_start = as_int(kv_lens), as_int(q_offsets), as_int(q_start)
-        self.max_queries = max(b - a for a, b in zip(q_start, q_start[1:]))
+        self.kv_lens, self.q_start = as_int(runs.kv_lens), as_int(runs.q_start)
+        self.q_offsets = as_int([n - r for n, r in zip(runs.kv_lens, rows)])
+        self.max_queries = max(rows)
         self.prefix_tables = [p.blocks.to(torch.int32)[None] for p in batch.shared]
         self.prefix_lens = [as_int([len(p.blocks) * cache.block_size]) for p in batch.shared]
 

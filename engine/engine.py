@@ -43,6 +43,10 @@ class Engine:
         self.config = load_config(model_dir)
         self.device = torch.device(device)
         self.dtype = DTYPES[dtype]
+        self.attention_backend = choose_backend(self.device, attention_backend)
+        if self.attention_backend == "flashinfer" and (self.device.type != "cuda" or self.dtype == torch.float32):
+            raise ValueError(f"the flashinfer attention backend runs on a CUDA device in float16 or bfloat16; "
+                             f"this engine is {dtype} on {self.device}")
         self.tokenizer = Tokenizer(model_dir)
         with torch.device("meta"):
             model = Model(self.config)
@@ -67,9 +71,6 @@ class Engine:
                              self.config.head_dim, self.dtype, self.device)
         self.pool = BlockPool(kv_cache_blocks, block_size, enable_prefix_caching)
         self.scheduler = Scheduler(self.pool, max_num_seqs, max_num_batched_tokens)
-        self.attention_backend = choose_backend(self.device, attention_backend)
-        if self.attention_backend == "flashinfer":
-            raise ValueError("the flashinfer attention backend is not wired into the engine yet; use 'triton'")
         self.runner = ModelRunner(self.model, self.cache, self.device, cascade=enable_cascade,
                                   backend=self.attention_backend)
         self.shared_generator = torch.Generator().manual_seed(seed)

@@ -22,12 +22,17 @@ class ModelRunner:
     def __init__(self, model: Model, cache: KVCache, device: torch.device, cascade: bool = True,
                  backend: str = "torch", workspace_bytes: int | None = None):
         self.model, self.cache, self.device, self.cascade = model, cache, device, cascade
-        self.attention = TritonPagedAttention if backend == "triton" else PagedAttention
-        # The Triton kernels read pages directly; the torch path keeps a decode workspace up to the KV
-        # pool's size unless told otherwise (0 disables it): without one, every decode step gathers all
-        # its blocks again (64 x 1k keys, float32: 390 ms a step instead of 60).
+        if backend == "flashinfer":
+            from kojudge.attention_flashinfer import FlashInferAttention
+
+            self.attention = FlashInferAttention(device)
+        else:
+            self.attention = TritonPagedAttention if backend == "triton" else PagedAttention
+        # GPU kernels read pages directly; the torch path keeps a decode workspace up to the KV pool's
+        # size unless told otherwise (0 disables it): without one, every decode step gathers all its
+        # blocks again (64 x 1k keys, float32: 390 ms a step instead of 60).
         pool_bytes = cache.k.numel() * cache.k.element_size() * 2
-        self.workspace_bytes = 0 if backend == "triton" else pool_bytes if workspace_bytes is None else workspace_bytes
+        self.workspace_bytes = 0 if backend != "torch" else pool_bytes if workspace_bytes is None else workspace_bytes
         self.workspace: DecodeWorkspace | None = None
         self.block_size = cache.block_size
         self._offsets = torch.arange(self.block_size, device=device)
@@ -168,7 +173,7 @@ class ModelRunner:
                     key_start[m] = common * bs
         slot_mapping = []
         decode_blocks = decode_mask = None
-        workspace = None
+        workspace, key_counts = None, []
         if num_decodes:
             decodes = ordered[:num_decodes]
             context = [s.num_computed + 1 for s, _ in decodes]
@@ -203,7 +208,8 @@ class ModelRunner:
                     for m in members]
             shared.append(SharedPrefix(torch.tensor(ordered[members[0]][0].block_table[:common], device=device),
                                        as_range(torch.cat(rows))))
-        batch = PagedBatch(torch.cat(slot_mapping), num_decodes, decode_blocks, decode_mask, spans, shared, workspace)
+        batch = PagedBatch(torch.cat(slot_mapping), num_decodes, decode_blocks, decode_mask, spans, shared, workspace,
+                           key_counts)
         return torch.tensor(ids, device=device), torch.tensor(positions, device=device), batch
 
     @torch.inference_mode()

@@ -1,5 +1,6 @@
 """The one place that picks a backend: torch on CPU, Triton on CUDA, flashinfer where installed and
-asked for. KOJUDGE_BACKEND overrides (tests use it to run Triton kernels in the CPU interpreter)."""
+asked for (the engine's attention only: engine/attention_flashinfer.py). KOJUDGE_BACKEND overrides
+(tests use it to run Triton kernels in the CPU interpreter)."""
 from __future__ import annotations
 
 import importlib.util
