@@ -118,7 +118,8 @@ def section() -> str:
     gpu = load("gpu_kernels")
     out.append("**GPU kernels** (`bench/gpu_kernels.py`): " + (
         f"run on {gpu['machine'].get('gpu')}; see bench/results/gpu_kernels.json." if gpu else
-        "ready to run in one go on a lent GPU; not run yet (no GPU has been lent to this project)."))
+        "ready to run in one go on a lent GPU with the kernel and backend tests (`scripts/fetch_gpu_wheels.sh` "
+        "here, then `scripts/gpu_check.sh` there); not run yet (no GPU has been lent to this project)."))
     return "\n".join(out)
 
 

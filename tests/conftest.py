@@ -10,6 +10,9 @@ import torch
 
 from kojudge.tiny import make_tiny_model
 
+# Where the kernel tests put their tensors: the real GPU when there is one, else the CPU interpreter.
+KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 # (family, tied embeddings, extra config): GQA everywhere (4 query heads over 2 KV heads).
 MODELS = {
     "qwen2-tied": ("qwen2", True, {}),

@@ -9,11 +9,21 @@ base-2 LSEs.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 plans: list[dict] = []  # every plan made, for tests to inspect
+calls: list[tuple[str, tuple, dict]] = []  # (qualified name, args, kwargs) as called, to bind to the real package
+
+
+def _recorded(fn):
+    @functools.wraps(fn)
+    def record(*args, **kwargs):
+        calls.append((fn.__qualname__, args, kwargs))
+        return fn(*args, **kwargs)
+    return record
 
 
 def _as_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -21,12 +31,14 @@ def _as_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 class BatchPrefillWithPagedKVCacheWrapper:
+    @_recorded
     def __init__(self, float_workspace_buffer: torch.Tensor, kv_layout: str = "NHD"):
         assert float_workspace_buffer.dtype == torch.uint8
         assert kv_layout in ("NHD", "HND")
         self.kv_layout = kv_layout
         self.plan_args: dict | None = None
 
+    @_recorded
     def plan(self, qo_indptr: torch.Tensor, paged_kv_indptr: torch.Tensor, paged_kv_indices: torch.Tensor,
              paged_kv_last_page_len: torch.Tensor, num_qo_heads: int, num_kv_heads: int, head_dim_qk: int,
              page_size: int, causal: bool = False, q_data_type: str | torch.dtype = "float16",
@@ -50,6 +62,7 @@ class BatchPrefillWithPagedKVCacheWrapper:
                               q_dtype=_as_dtype(q_data_type), kv_dtype=_as_dtype(kv_data_type or q_data_type))
         plans.append(self.plan_args)
 
+    @_recorded
     def run(self, q: torch.Tensor, paged_kv_cache: tuple[torch.Tensor, torch.Tensor], return_lse: bool = False):
         p = self.plan_args
         assert p is not None, "run before plan"
@@ -77,6 +90,7 @@ class BatchPrefillWithPagedKVCacheWrapper:
         return (out, lse) if return_lse else out
 
 
+@_recorded
 def merge_state(v_a: torch.Tensor, s_a: torch.Tensor, v_b: torch.Tensor, s_b: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     assert v_a.shape == v_b.shape and s_a.shape == s_b.shape == v_a.shape[:2]

@@ -1,6 +1,9 @@
-"""Paged attention kernels (Triton, in the CPU interpreter here) against their torch references."""
+"""Paged attention kernels (Triton: on the GPU where there is one, else in the CPU interpreter) against
+their torch references."""
 import pytest
 import torch
+
+from conftest import KERNEL_DEVICE
 
 from kojudge.kernels.attention import (merge_state_reference, merge_state_triton, paged_attention_reference,
                                        paged_attention_triton, store_kv_reference, store_kv_triton)
@@ -21,7 +24,8 @@ def make_batch(q_lens, kv_lens, heads, kv_heads, d, block_size, seed=0, num_bloc
     q_start = torch.tensor([0] + list(torch.tensor(q_lens).cumsum(0)), dtype=torch.int32)
     q = torch.randn(int(q_start[-1]), heads, d, generator=g)
     q_offsets = torch.tensor([n - l for n, l in zip(kv_lens, q_lens)], dtype=torch.int32)
-    return q, k_cache, v_cache, q_start, tables, torch.tensor(kv_lens, dtype=torch.int32), q_offsets
+    batch = q, k_cache, v_cache, q_start, tables, torch.tensor(kv_lens, dtype=torch.int32), q_offsets
+    return tuple(t.to(KERNEL_DEVICE) for t in batch)
 
 
 CASES = {
@@ -40,7 +44,8 @@ def test_paged_attention_matches_reference(case, causal):
     args = make_batch(q_lens, kv_lens, heads, kv_heads, d, block_size)
     expected = paged_attention_reference(*args, block_size, causal=causal)
     got = paged_attention_triton(*args, block_size, causal=causal)
-    rows = torch.tensor([kv_lens[b] > 0 for b, n in enumerate(q_lens) for _ in range(n)], dtype=torch.bool)
+    rows = torch.tensor([kv_lens[b] > 0 for b, n in enumerate(q_lens) for _ in range(n)], dtype=torch.bool,
+                        device=KERNEL_DEVICE)
     torch.testing.assert_close(got[0][rows], expected[0][rows], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=1e-5)
     if (~rows).any():  # no keys: nothing to attend to, LSE -inf so a merge gives it no weight
@@ -56,17 +61,14 @@ def test_cascade_prefix_plus_suffix_equals_full_attention():
     q, k_cache, v_cache, q_start, tables, _, _ = make_batch(q_lens, full_lens, 4, 2, 16, block_size, seed=3)
     shared = tables[0, :prefix_blocks].clone()
     tables[:, :prefix_blocks] = shared  # every sequence starts with the same blocks
-    full_offsets = torch.tensor([n - l for n, l in zip(full_lens, q_lens)], dtype=torch.int32)
-    expected = paged_attention_reference(q, k_cache, v_cache, q_start, tables, torch.tensor(full_lens), full_offsets,
-                                         block_size)
+    ints = lambda xs: torch.tensor(xs, dtype=torch.int32, device=KERNEL_DEVICE)  # noqa: E731
+    expected = paged_attention_reference(q, k_cache, v_cache, q_start, tables, ints(full_lens),
+                                         ints([n - l for n, l in zip(full_lens, q_lens)]), block_size)
     total = int(q_start[-1])
-    prefix = paged_attention_triton(q, k_cache, v_cache, torch.tensor([0, total], dtype=torch.int32),
-                                    shared[None].contiguous(), torch.tensor([prefix_blocks * block_size], dtype=torch.int32),
-                                    torch.zeros(1, dtype=torch.int32), block_size, causal=False)
+    prefix = paged_attention_triton(q, k_cache, v_cache, ints([0, total]), shared[None].contiguous(),
+                                    ints([prefix_blocks * block_size]), ints([0]), block_size, causal=False)
     suffix = paged_attention_triton(q, k_cache, v_cache, q_start, tables[:, prefix_blocks:].contiguous(),
-                                    torch.tensor(suffix_lens, dtype=torch.int32),
-                                    torch.tensor([n - l for n, l in zip(suffix_lens, q_lens)], dtype=torch.int32),
-                                    block_size)
+                                    ints(suffix_lens), ints([n - l for n, l in zip(suffix_lens, q_lens)]), block_size)
     merged = merge_state_triton(*prefix, *suffix)
     torch.testing.assert_close(merged[0], expected[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(merged[1], expected[1], atol=1e-5, rtol=1e-5)
@@ -76,6 +78,7 @@ def test_merge_state_matches_reference_including_empty_side():
     g = torch.Generator().manual_seed(4)
     out_a, out_b = torch.randn(5, 3, 24, generator=g), torch.randn(5, 3, 24, generator=g)
     lse_a, lse_b = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    out_a, out_b, lse_a, lse_b = (t.to(KERNEL_DEVICE) for t in (out_a, out_b, lse_a, lse_b))
     lse_b[0] = float("-inf")  # an empty suffix contributes nothing
     got = merge_state_triton(out_a, lse_a, out_b, lse_b)
     expected = merge_state_reference(out_a, lse_a, out_b, lse_b)
@@ -87,8 +90,9 @@ def test_merge_state_matches_reference_including_empty_side():
 def test_store_kv_matches_reference():
     g = torch.Generator().manual_seed(5)
     k, v = torch.randn(7, 3, 24, generator=g), torch.randn(7, 3, 24, generator=g)
-    slots = torch.tensor([0, 5, 9, 31, 2, 17, 30])
-    caches = [torch.zeros(3, 32, 24) for _ in range(4)]
+    k, v = k.to(KERNEL_DEVICE), v.to(KERNEL_DEVICE)
+    slots = torch.tensor([0, 5, 9, 31, 2, 17, 30], device=KERNEL_DEVICE)
+    caches = [torch.zeros(3, 32, 24, device=KERNEL_DEVICE) for _ in range(4)]
     store_kv_reference(k, v, caches[0], caches[1], slots)
     store_kv_triton(k, v, caches[2], caches[3], slots)
     assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])

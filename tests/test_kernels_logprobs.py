@@ -1,6 +1,9 @@
-"""Chosen-token log-probs: chunked torch and Triton (interpreter on CPU) against the naive formula."""
+"""Chosen-token log-probs: chunked torch and Triton (on the GPU where there is one, else in the CPU
+interpreter) against the naive formula."""
 import pytest
 import torch
+
+from conftest import KERNEL_DEVICE
 
 from kojudge.kernels import chosen_logprobs
 from kojudge.kernels.dispatch import choose_backend
@@ -14,7 +17,8 @@ def inputs(T, H, V, seed=0):
     weight = (torch.randn(V, H, generator=g) * 0.3).requires_grad_()
     targets = torch.randint(0, V, (T,), generator=g)
     upstream = torch.randn(T, generator=g)
-    return hidden, weight, targets, upstream
+    return tuple(t.detach().to(KERNEL_DEVICE).requires_grad_(t.requires_grad)
+                 for t in (hidden, weight, targets, upstream))
 
 
 def run(backend, hidden, weight, targets, upstream, temperature):

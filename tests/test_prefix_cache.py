@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kojudge
-from conftest import hf_greedy, random_prompts
+from conftest import KERNEL_DEVICE, hf_greedy, random_prompts
 from kojudge import SamplingParams
 from kojudge import attention
 from kojudge.attention import (KVCache, PagedAttention, additive_mask, attention_with_lse, causal_attention_with_lse,
@@ -209,14 +209,14 @@ def test_prefix_of_a_running_request_serves_a_later_one(model_dirs, hf_models):
 
 
 def test_triton_attention_backend_matches_torch(model_dirs):
-    """The engine on the Triton kernels (CPU interpreter here): same greedy tokens, with chunked
-    prefill, prefix hits and cascade groups in play."""
+    """The engine on the Triton kernels (on the GPU where there is one, else the CPU interpreter): same
+    greedy tokens, with chunked prefill, prefix hits and cascade groups in play."""
     prompts = tournament_prompts(num_questions=1, matches=3, template=24, question=5, seed=11)
     params = SamplingParams(max_tokens=6, ignore_eos=True)
     outs = {}
     for backend in ("torch", "triton"):
         engine = kojudge.Engine(model_dirs["qwen2-untied"], block_size=4, max_num_batched_tokens=32,
-                                attention_backend=backend)
+                                attention_backend=backend, device=str(KERNEL_DEVICE))
         outs[backend] = [o.token_ids for o in engine.generate(prompts, params)]
         assert engine.stats()["cached_prompt_tokens"] > 0
     assert outs["triton"] == outs["torch"]
@@ -229,6 +229,7 @@ def stand_in_flashinfer(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "flashinfer", fake_flashinfer)
     fake_flashinfer.plans.clear()
+    fake_flashinfer.calls.clear()
     return fake_flashinfer
 
 
@@ -256,6 +257,52 @@ def test_flashinfer_attention_backend_matches_torch(model_dirs, stand_in_flashin
     assert any(p["causal"] and p["qo_indptr"][1] == 1 and p["qo_indptr"][-1] > len(p["qo_indptr"]) - 1
                for p in plans)  # decodes and prefill spans in one call
     assert any(n % 4 for p in plans for n in p["kv_lens"])  # partly filled last pages
+
+
+def test_flashinfer_calls_fit_the_real_package(model_dirs, monkeypatch):
+    """Every call the backend makes, as the stand-in received it, binds to the installed flashinfer's
+    signature (argument positions and keyword names), so the stand-in cannot drift from the real API."""
+    import inspect
+
+    real = pytest.importorskip("flashinfer", reason="the gpu extra (flashinfer-python) is not installed")
+    import fake_flashinfer
+
+    monkeypatch.setitem(sys.modules, "flashinfer", fake_flashinfer)
+    fake_flashinfer.calls.clear()
+    engine = kojudge.Engine(model_dirs["qwen2-tied"], block_size=4, max_num_batched_tokens=32)
+    engine.runner = ModelRunner(engine.model, engine.cache, engine.device, backend="flashinfer")
+    engine.generate(tournament_prompts(num_questions=1, matches=2), SamplingParams(max_tokens=3, ignore_eos=True))
+    seen = set()
+    for name, args, kwargs in fake_flashinfer.calls:
+        target = real
+        for part in name.split("."):
+            target = getattr(target, part)
+        inspect.signature(target).bind(*args, **kwargs)
+        seen.add(name)
+    assert seen == {"BatchPrefillWithPagedKVCacheWrapper.__init__", "BatchPrefillWithPagedKVCacheWrapper.plan",
+                    "BatchPrefillWithPagedKVCacheWrapper.run", "merge_state"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flashinfer's kernels need a CUDA device")
+def test_flashinfer_backend_on_cuda_agrees_with_triton(tmp_path):
+    """The real package (gpu extra) on a GPU, bfloat16: first greedy tokens and their log-probs agree
+    with the Triton backend's up to bfloat16 rounding."""
+    pytest.importorskip("flashinfer", reason="the gpu extra (flashinfer-python) is not installed")
+    from kojudge.tiny import make_tiny_model
+
+    # head_dim 64: flashinfer's kernels are built for 64, 128 and 256, not the 16 of the shared tiny models
+    path = make_tiny_model(tmp_path / "hd64", "qwen2", hidden_size=256, num_heads=4, num_kv_heads=2,
+                           intermediate_size=256)
+    prompts = tournament_prompts(num_questions=2, matches=4, template=40, question=9, seed=5)
+    params = SamplingParams(max_tokens=4, ignore_eos=True, logprobs=True)
+    outs = {}
+    for backend in ("triton", "flashinfer"):
+        engine = kojudge.Engine(path, dtype="bfloat16", device="cuda", block_size=16,
+                                max_num_batched_tokens=64, attention_backend=backend)
+        outs[backend] = engine.generate(prompts, params)
+    pairs = [(a, b) for a, b in zip(outs["flashinfer"], outs["triton"]) if a.token_ids[0] == b.token_ids[0]]
+    assert len(pairs) >= 0.75 * len(prompts)  # near-ties may flip under bfloat16
+    assert max(abs(a.logprobs[0] - b.logprobs[0]) for a, b in pairs) < 5e-2
 
 
 def test_flashinfer_backend_needs_cuda_and_half_precision(model_dirs, stand_in_flashinfer):
