@@ -111,16 +111,17 @@ class PagedBatch:
 
 @dataclass
 class KeyRuns:
-    """A step as varlen kernels see it: each decode and each prefill span is one run of query rows
-    [q_start[i], q_start[i + 1]) over its own keys (past any shared prefix), held in `blocks[i]`;
-    query j of a run sees its first kv_lens[i] - (rows in the run) + j + 1 keys."""
+    """A step's attention as varlen kernels see it: runs of query rows [q_start[i], q_start[i + 1])
+    over keys held in `blocks[i]` (kv_lens[i] of them). In `own` runs (causal) query j of a run sees
+    its first kv_lens[i] - (rows in the run) + j + 1 keys; `shared` runs see all their keys."""
 
     q_start: list[int]
     blocks: list[torch.Tensor]
     kv_lens: list[int]
 
     @classmethod
-    def of(cls, batch: PagedBatch, block_size: int) -> KeyRuns:
+    def own(cls, batch: PagedBatch, block_size: int) -> KeyRuns:
+        """Each decode and each prefill span over its own keys, past any shared prefix."""
         runs = cls([0], [], [])
         for i, count in enumerate(batch.decode_key_counts):
             runs.q_start.append(i + 1)
@@ -131,6 +132,26 @@ class KeyRuns:
             runs.blocks.append(span.blocks)
             runs.kv_lens.append(span.context_len - span.key_start)
         return runs
+
+    @classmethod
+    def shared(cls, batch: PagedBatch, block_size: int) -> tuple[KeyRuns, torch.Tensor] | None:
+        """Each shared prefix over its blocks, its members' queries gathered prefix after prefix ->
+        (runs, the packed rows gathered), or None without shared prefixes. A sequence shares one
+        prefix at most, so the rows are distinct."""
+        if not batch.shared:
+            return None
+        device = batch.slot_mapping.device
+        rows = [torch.arange(p.token_rows.start, p.token_rows.stop, device=device)
+                if isinstance(p.token_rows, slice) else p.token_rows for p in batch.shared]
+        q_start = [0]
+        for r in rows:
+            q_start.append(q_start[-1] + len(r))
+        runs = cls(q_start, [p.blocks for p in batch.shared], [len(p.blocks) * block_size for p in batch.shared])
+        return runs, torch.cat(rows)
+
+    @property
+    def max_rows(self) -> int:
+        return max(end - start for start, end in zip(self.q_start, self.q_start[1:]))
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32, repeat: int = 1) -> torch.Tensor:
@@ -377,36 +398,34 @@ class CausalVarlenAttention:
 
 class TritonPagedAttention:
     """The same step as PagedAttention on the Triton kernels (CUDA; the CPU interpreter in tests):
-    decodes and prefill spans in one varlen launch, each shared prefix in one more, merged by LSE."""
+    decodes and prefill spans in one varlen launch, every shared prefix in one more, merged by LSE."""
 
     def __init__(self, cache: KVCache, batch: PagedBatch):
         self.cache, self.batch = cache, batch
-        device = batch.slot_mapping.device
-        runs = KeyRuns.of(batch, cache.block_size)
-        width = max(len(blocks) for blocks in runs.blocks)
-        self.tables = torch.zeros(len(runs.blocks), width, dtype=torch.int32, device=device)
+        self.own = self._launch_args(KeyRuns.own(batch, cache.block_size), causal=True)
+        shared = KeyRuns.shared(batch, cache.block_size)
+        self.shared, self.shared_rows = (None, None) if shared is None else \
+            (self._launch_args(shared[0], causal=False), shared[1])
+
+    def _launch_args(self, runs: KeyRuns, causal: bool) -> dict:
+        device = self.batch.slot_mapping.device
+        tables = torch.zeros(len(runs.blocks), max(len(b) for b in runs.blocks), dtype=torch.int32, device=device)
         for row, blocks in enumerate(runs.blocks):
-            self.tables[row, : len(blocks)] = blocks
-        rows = [end - start for start, end in zip(runs.q_start, runs.q_start[1:])]
+            tables[row, : len(blocks)] = blocks
         as_int = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)  # noqa: E731
-        self.kv_lens, self.q_start = as_int(runs.kv_lens), as_int(runs.q_start)
-        self.q_offsets = as_int([n - r for n, r in zip(runs.kv_lens, rows)])
-        self.max_queries = max(rows)
-        self.prefix_tables = [p.blocks.to(torch.int32)[None] for p in batch.shared]
-        self.prefix_lens = [as_int([len(p.blocks) * cache.block_size]) for p in batch.shared]
+        rows = [end - start for start, end in zip(runs.q_start, runs.q_start[1:])]
+        return dict(q_start=as_int(runs.q_start), block_tables=tables, kv_lens=as_int(runs.kv_lens),
+                    q_offsets=as_int([n - r if causal else 0 for n, r in zip(runs.kv_lens, rows)]),
+                    block_size=self.cache.block_size, causal=causal, max_queries=runs.max_rows)
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         from kojudge.kernels.attention import merge_state_triton, paged_attention_triton, store_kv_triton
 
-        k_cache, v_cache, bs = self.cache.k[layer], self.cache.v[layer], self.cache.block_size
+        k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
         store_kv_triton(k, v, k_cache, v_cache, self.batch.slot_mapping)
-        out, lse = paged_attention_triton(q, k_cache, v_cache, self.q_start, self.tables, self.kv_lens, self.q_offsets,
-                                          bs, causal=True, max_queries=self.max_queries)
-        for prefix, table, length in zip(self.batch.shared, self.prefix_tables, self.prefix_lens):
-            rows = q[prefix.token_rows]
-            start = torch.tensor([0, rows.shape[0]], dtype=torch.int32, device=q.device)
-            out_p, lse_p = paged_attention_triton(rows, k_cache, v_cache, start, table, length,
-                                                  torch.zeros(1, dtype=torch.int32, device=q.device), bs, causal=False)
-            out[prefix.token_rows], lse[prefix.token_rows] = merge_state_triton(out[prefix.token_rows],
-                                                                                lse[prefix.token_rows], out_p, lse_p)
+        out, lse = paged_attention_triton(q, k_cache, v_cache, **self.own)
+        if self.shared is not None:
+            rows = self.shared_rows
+            out_p, lse_p = paged_attention_triton(q[rows], k_cache, v_cache, **self.shared)
+            out[rows], _ = merge_state_triton(out[rows], lse[rows], out_p, lse_p)
         return out

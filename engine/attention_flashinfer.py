@@ -33,40 +33,34 @@ class FlashInferAttention:
         return FlashInferStep(self, cache, batch)
 
 
-def _page_table(blocks: list[torch.Tensor], kv_lens: list[int], block_size: int, device: torch.device
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """flashinfer's CSR page table: (indptr [n + 1], page indices, entries used in each last page [n])."""
-    pages = [-(-n // block_size) for n in kv_lens]
+def _page_table(runs: KeyRuns, block_size: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Runs as flashinfer's CSR tables: (qo_indptr [n + 1], kv page indptr [n + 1], page indices,
+    entries used in each last page [n])."""
+    pages = [-(-n // block_size) for n in runs.kv_lens]
     as_int = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)  # noqa: E731
-    indptr = as_int([0] + pages).cumsum(0, dtype=torch.int32)
-    indices = torch.cat([b[:p] for b, p in zip(blocks, pages)]).to(torch.int32)
-    last_page_len = as_int([n - (p - 1) * block_size for n, p in zip(kv_lens, pages)])
-    return indptr, indices, last_page_len
+    page_indptr = as_int([0] + pages).cumsum(0, dtype=torch.int32)
+    indices = torch.cat([b[:p] for b, p in zip(runs.blocks, pages)]).to(torch.int32)
+    last_page_len = as_int([n - (p - 1) * block_size for n, p in zip(runs.kv_lens, pages)])
+    return as_int(runs.q_start), page_indptr, indices, last_page_len
 
 
 class FlashInferStep:
     def __init__(self, backend: FlashInferAttention, cache: KVCache, batch: PagedBatch):
         self.backend, self.cache, self.batch = backend, cache, batch
-        self.device = batch.slot_mapping.device
-        self.runs = KeyRuns.of(batch, cache.block_size)
-        rows = [torch.arange(p.token_rows.start, p.token_rows.stop, device=self.device)
-                if isinstance(p.token_rows, slice) else p.token_rows for p in batch.shared]
-        self.prefix_members = [len(r) for r in rows]
-        self.prefix_rows = torch.cat(rows) if rows else None  # disjoint: a sequence shares one prefix at most
+        self.own = KeyRuns.own(batch, cache.block_size)
+        self.shared = KeyRuns.shared(batch, cache.block_size)
         self.planned = False  # at the first layer, which knows the number of query heads
 
     def _plan(self, q: torch.Tensor) -> None:
         kv_heads, _, d = self.cache.k.shape[1:]
-        bs, dtype, heads = self.cache.block_size, self.cache.k.dtype, q.shape[1]
-        as_int = lambda xs: torch.tensor(xs, dtype=torch.int32, device=self.device)  # noqa: E731
-        self.backend.own_keys.plan(as_int(self.runs.q_start), *_page_table(self.runs.blocks, self.runs.kv_lens, bs,
-                                                                           self.device),
-                                   heads, kv_heads, d, bs, causal=True, q_data_type=dtype, kv_data_type=dtype)
-        if self.prefix_rows is not None:
-            lens = [len(p.blocks) * bs for p in self.batch.shared]
-            self.backend.prefix_keys.plan(as_int([0] + self.prefix_members).cumsum(0, dtype=torch.int32),
-                                          *_page_table([p.blocks for p in self.batch.shared], lens, bs, self.device),
-                                          heads, kv_heads, d, bs, causal=False, q_data_type=dtype, kv_data_type=dtype)
+        bs, dtype, device = self.cache.block_size, self.cache.k.dtype, q.device
+        shape = (q.shape[1], kv_heads, d, bs)
+        self.backend.own_keys.plan(*_page_table(self.own, bs, device), *shape, causal=True, q_data_type=dtype,
+                                   kv_data_type=dtype)
+        if self.shared is not None:
+            self.backend.prefix_keys.plan(*_page_table(self.shared[0], bs, device), *shape, causal=False,
+                                          q_data_type=dtype, kv_data_type=dtype)
         self.planned = True
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -77,8 +71,8 @@ class FlashInferStep:
         pages = (k_blocks.transpose(0, 1), v_blocks.transpose(0, 1))  # HND views of the pool
         q = q.contiguous()
         out, lse = self.backend.own_keys.run(q, pages, return_lse=True)
-        if self.prefix_rows is not None:
-            rows = self.prefix_rows
+        if self.shared is not None:
+            rows = self.shared[1]
             out_p, lse_p = self.backend.prefix_keys.run(q[rows], pages, return_lse=True)
             out[rows], _ = self.backend.flashinfer.merge_state(out[rows], lse[rows], out_p, lse_p)
         return out

@@ -29,6 +29,13 @@ def tournament_prompts(num_questions=2, matches=3, template=40, question=9, seed
     return prompts
 
 
+def two_template_prompts(matches=4):
+    """Match prompts of two templates interleaved, so two shared-prefix groups run side by side."""
+    two = zip(*(tournament_prompts(num_questions=1, matches=matches, template=24, question=5, seed=seed)
+                for seed in (12, 40)))
+    return [p for pair in two for p in pair]
+
+
 # ---- block pool -------------------------------------------------------------------------------------
 
 def test_block_pool_matches_full_blocks_and_evicts_lru():
@@ -210,8 +217,8 @@ def test_prefix_of_a_running_request_serves_a_later_one(model_dirs, hf_models):
 
 def test_triton_attention_backend_matches_torch(model_dirs):
     """The engine on the Triton kernels (on the GPU where there is one, else the CPU interpreter): same
-    greedy tokens, with chunked prefill, prefix hits and cascade groups in play."""
-    prompts = tournament_prompts(num_questions=1, matches=3, template=24, question=5, seed=11)
+    greedy tokens, with chunked prefill, prefix hits and two cascade groups in play."""
+    prompts = two_template_prompts(matches=3)
     params = SamplingParams(max_tokens=6, ignore_eos=True)
     outs = {}
     for backend in ("torch", "triton"):
@@ -238,9 +245,7 @@ def test_flashinfer_attention_backend_matches_torch(model_dirs, stand_in_flashin
     semantics: CSR page tables, HND strided pages, bottom-right causal masks, base-2 LSE): the same greedy
     tokens and chosen-token log-probs as the torch path, with chunked prefill, prefix hits and cascade
     groups of decodes and prefill spans in play."""
-    two_templates = zip(*(tournament_prompts(num_questions=1, matches=4, template=24, question=5, seed=seed)
-                          for seed in (12, 40)))
-    prompts = [p for pair in two_templates for p in pair]
+    prompts = two_template_prompts()
     params = SamplingParams(max_tokens=6, ignore_eos=True, logprobs=True)
     outs = {}
     for backend in ("torch", "flashinfer"):
