@@ -54,7 +54,16 @@ class PrefillSpan:
     blocks: torch.Tensor  # blocks holding positions key_start .. C-1
     key_start: int  # multiple of block_size; > 0 only when a SharedPrefix covers the positions before
     context_len: int
-    mask: torch.Tensor | None  # [L, C - key_start] bool; None when the span is the whole context (plain causal)
+
+    @property
+    def past(self) -> int:
+        """Positions of the sequence before the span; 0 when the span is the whole context (plain causal)."""
+        return self.context_len - (self.end - self.start)
+
+    def mask(self) -> torch.Tensor:
+        """[L, C - key_start] bool: each new token sees the keys up to its own position."""
+        rows = torch.arange(self.end - self.start, device=self.blocks.device)[:, None] + self.past
+        return torch.arange(self.key_start, self.context_len, device=self.blocks.device)[None, :] <= rows
 
 
 @dataclass
@@ -299,7 +308,9 @@ class PagedAttention:
         self.span_blocks = [as_range(span.blocks) for span in batch.prefills]
         self.prefix_blocks = [as_range(prefix.blocks) for prefix in batch.shared]
         self.decode_bias = None if batch.decode_mask is None else additive_mask(batch.decode_mask, cache.k.dtype)
-        self.span_bias: dict[int, torch.Tensor] = {}  # built at the first layer, which knows the GQA group
+        # Masks of spans that continue a sequence: built at the first layer (which knows the GQA group)
+        # for the paths that take one, and kept for the others.
+        self.span_masks: dict[int, torch.Tensor] = {}
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b = self.batch
@@ -322,19 +333,21 @@ class PagedAttention:
             qs = q[span.start: span.end]
             ks = k_blocks[:, blocks].flatten(1, 2)[:, : span.context_len - span.key_start]  # [kv_heads, S, d]
             vs = v_blocks[:, blocks].flatten(1, 2)[:, : span.context_len - span.key_start]
-            if span.mask is not None and len(qs) >= CAUSAL_SPLIT_MIN_ROWS and _flash_cpu_runs(q):
+            if span.past and len(qs) >= CAUSAL_SPLIT_MIN_ROWS and _flash_cpu_runs(q):
                 out, lse = causal_attention_with_lse(qs, ks, vs)
                 outputs.append(out)
                 lses.append(lse)
             elif span.key_start == 0:
-                out = F.scaled_dot_product_attention(qs.transpose(0, 1), ks, vs, attn_mask=span.mask,
-                                                     is_causal=span.mask is None, enable_gqa=True)
+                if span.past and i not in self.span_masks:
+                    self.span_masks[i] = span.mask()
+                out = F.scaled_dot_product_attention(qs.transpose(0, 1), ks, vs, self.span_masks.get(i),
+                                                     is_causal=not span.past, enable_gqa=True)
                 outputs.append(out.transpose(0, 1))
                 lses.append(None)
-            else:
-                if span.mask is not None and i not in self.span_bias:
-                    self.span_bias[i] = additive_mask(span.mask, q.dtype, q.shape[1] // kv_heads)
-                out, lse = attention_with_lse(qs, ks, vs, self.span_bias.get(i))
+            else:  # after a shared prefix, so the span continues its sequence
+                if i not in self.span_masks:
+                    self.span_masks[i] = additive_mask(span.mask(), q.dtype, q.shape[1] // kv_heads)
+                out, lse = attention_with_lse(qs, ks, vs, self.span_masks[i])
                 outputs.append(out)
                 lses.append(lse)
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs)

@@ -195,11 +195,7 @@ class ModelRunner:
             context_len, ks = seq.num_computed + n, key_start[i]
             blocks = torch.tensor(seq.block_table[ks // bs: -(-context_len // bs)], device=device)
             slot_mapping.append(self._slots(blocks, seq.num_computed - ks, context_len - ks))
-            mask = None
-            if seq.num_computed:
-                rows = torch.arange(n, device=device)[:, None] + seq.num_computed
-                mask = torch.arange(ks, context_len, device=device)[None, :] <= rows
-            spans.append(PrefillSpan(token_start, token_start + n, blocks, ks, context_len, mask))
+            spans.append(PrefillSpan(token_start, token_start + n, blocks, ks, context_len))
             token_start += n
         shared = []
         for members, common in groups:
