@@ -308,8 +308,8 @@ class PagedAttention:
         self.span_blocks = [as_range(span.blocks) for span in batch.prefills]
         self.prefix_blocks = [as_range(prefix.blocks) for prefix in batch.shared]
         self.decode_bias = None if batch.decode_mask is None else additive_mask(batch.decode_mask, cache.k.dtype)
-        # Masks of spans that continue a sequence: built at the first layer (which knows the GQA group)
-        # for the paths that take one, and kept for the others.
+        # Masks of spans that continue their sequence: built at the first layer (which knows the GQA
+        # group) for the paths that read one, then reused by every other layer.
         self.span_masks: dict[int, torch.Tensor] = {}
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
