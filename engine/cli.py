@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -42,11 +43,17 @@ def smoke(args: argparse.Namespace) -> None:
     print(f"first output: {outs[0].text[:80]!r}")
 
 
+def process_device(device: str) -> str:
+    """Under torchrun each process takes its own GPU: a bare 'cuda' becomes cuda:LOCAL_RANK."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    return f"cuda:{local_rank}" if device == "cuda" and local_rank is not None else device
+
+
 def _engine(args: argparse.Namespace):
     from kojudge import Engine
 
-    return Engine(args.model, dtype=args.dtype, device=args.device, max_num_seqs=args.max_num_seqs,
-                  max_num_batched_tokens=args.max_batched_tokens)
+    return Engine(args.model, dtype=args.dtype, device=process_device(args.device), max_num_seqs=args.max_num_seqs,
+                  max_num_batched_tokens=args.max_batched_tokens, attention_backend=args.attention_backend)
 
 
 def _run_sharded(args: argparse.Namespace, items: list[dict], process) -> None:
@@ -202,8 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--input", required=True, help="JSONL input")
         p.add_argument("--output", required=True, help="JSONL output, one line per finished item")
         p.add_argument("--resume", action="store_true", help="keep finished items of --output and skip them")
-        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-        p.add_argument("--device", default="cpu")
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        p.add_argument("--device", default="cpu", help="cpu | cuda (under torchrun: one GPU per process)")
+        p.add_argument("--attention-backend", choices=["torch", "triton", "flashinfer"],
+                       help="default: torch on CPU, triton on CUDA; flashinfer needs the gpu extra, CUDA and 16 bits")
         p.add_argument("--max-tokens", type=int, default=1024)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--max-num-seqs", type=int, default=256, help="engine: most requests decoded at once")

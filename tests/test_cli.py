@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kojudge.cli import main
+from kojudge.cli import main, process_device
 
 CANDIDATES = ["The sum is \\boxed{12}", "so \\boxed{13}", "\\boxed{12}", "answer: 11", "\\boxed{14}"]
 
@@ -112,3 +112,20 @@ def test_demo_runs_the_knockout_with_a_judge_directory(tmp_path):
     assert report.accuracy["oracle"] >= report.accuracy["knockout"]
     assert 0 < report.judge_calls <= 4 * 3 and report.cached_ratio > 0  # the chat header is shared
     assert "judge calls/s" in report.table()
+
+
+def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert process_device("cuda") == "cuda"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert process_device("cuda") == "cuda:3"
+    assert process_device("cuda:1") == "cuda:1" and process_device("cpu") == "cpu"
+
+
+def test_an_attention_backend_that_cannot_run_is_a_clear_error(tmp_path, model_dirs, capsys):
+    inp = write_items(tmp_path / "in.jsonl", 2)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["judge", "--model", str(model_dirs["qwen2-tied"]), "--input", str(inp), "--output", str(tmp_path / "o"),
+              "--attention-backend", "flashinfer"])
+    assert exit_info.value.code == 2
+    assert "flashinfer" in capsys.readouterr().err
