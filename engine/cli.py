@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 
@@ -43,14 +42,9 @@ def smoke(args: argparse.Namespace) -> None:
     print(f"first output: {outs[0].text[:80]!r}")
 
 
-def process_device(device: str) -> str:
-    """Under torchrun each process takes its own GPU: a bare 'cuda' becomes cuda:LOCAL_RANK."""
-    local_rank = os.environ.get("LOCAL_RANK")
-    return f"cuda:{local_rank}" if device == "cuda" and local_rank is not None else device
-
-
 def _engine(args: argparse.Namespace):
     from kojudge import Engine
+    from kojudge.jobs import process_device
 
     return Engine(args.model, dtype=args.dtype, device=process_device(args.device), max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_batched_tokens, attention_backend=args.attention_backend)

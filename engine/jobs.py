@@ -90,6 +90,12 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def process_device(device: str) -> str:
+    """Under torchrun each process takes its own GPU: a bare 'cuda' becomes cuda:LOCAL_RANK."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    return f"cuda:{local_rank}" if device == "cuda" and local_rank is not None else device
+
+
 def shard_path(output: Path, rank: int, world: int) -> Path:
     return output if world == 1 else output.with_name(f"{output.name}.rank{rank}-of-{world}")
 

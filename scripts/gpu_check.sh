@@ -18,8 +18,8 @@ fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 timeout 240 python3 -m pytest -q -rs tests/test_kernels_attention.py tests/test_kernels_logprobs.py \
-  tests/test_kernels_compile.py tests/test_prefix_cache.py -k "kernels or triton or flashinfer or paged or merge or store \
-  or logprobs or chunk or compile" 2>&1 | tee "$OUT/tests.log"
+  tests/test_kernels_compile.py tests/test_prefix_cache.py tests/test_train.py -k "kernels or triton or flashinfer \
+  or paged or merge or store or logprobs or chunk or compile or cuda" 2>&1 | tee "$OUT/tests.log"
 timeout 420 python3 bench/gpu_kernels.py "$@" 2>&1 | tee "$OUT/gpu_kernels.log"
 cp bench/results/gpu_kernels*.json "$OUT"/ 2>/dev/null
 exit 0

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from kojudge.cli import main, process_device
+from kojudge.cli import main
+from kojudge.jobs import process_device
 
 CANDIDATES = ["The sum is \\boxed{12}", "so \\boxed{13}", "\\boxed{12}", "answer: 11", "\\boxed{14}"]
 

@@ -141,6 +141,29 @@ def test_train_config_errors_name_the_setting(tmp_path):
     assert load_train_config(_json(tmp_path), SFTConfig).lr == 0.5
 
 
+def test_a_device_that_cannot_train_is_a_clear_error(tmp_path, sft_setup):
+    model, data = sft_setup
+    for bad in ["tpu", "meta"] + ([] if torch.cuda.is_available() else ["cuda"]):
+        with pytest.raises(ValueError, match=f"device {bad!r}"):
+            train_sft(SFTConfig(model=str(model), data=str(data), output=str(tmp_path / "o"), device=bad),
+                      progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sft_on_cuda_follows_the_cpu_loss_curve(tmp_path, sft_setup):
+    """Same data, seed and float32 steps on the GPU and on the CPU: the same losses, and a checkpoint
+    that the CPU engine loads."""
+    model, data = sft_setup
+    base = dict(model=str(model), data=str(data), batch_size=8, max_steps=6, lr=3e-3, warmup_steps=2, save_every=1000)
+    on_cpu = train_sft(SFTConfig(output=str(tmp_path / "cpu"), **base), progress=False)
+    on_gpu = train_sft(SFTConfig(output=str(tmp_path / "gpu"), device="cuda", **base), progress=False)
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in on_gpu]), torch.tensor([r["loss"] for r in on_cpu]),
+                               atol=1e-4, rtol=1e-4)
+    params = kojudge.SamplingParams(max_tokens=4, ignore_eos=True)
+    assert len(kojudge.Engine(tmp_path / "gpu" / "final").generate([[5, 6, 7]], params)[0].token_ids) == 4
+
+
 def _json(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"model": "m", "data": "d", "output": "o", "lr": 0.5}))

@@ -33,7 +33,7 @@ def save_hf(weights: dict[str, torch.Tensor], module: TokenLogprobs, base_dir: s
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     tensors = to_hf_names(module.model.config, weights)
-    save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, tmp / "model.safetensors",
+    save_file({k: v.to("cpu", dtype).contiguous() for k, v in tensors.items()}, tmp / "model.safetensors",
               metadata={"format": "pt"})
     for name in MODEL_FILES:
         if (Path(base_dir) / name).exists():

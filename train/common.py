@@ -17,19 +17,20 @@ from kojudge.weights import load_weights
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def build_policy(model_dir: str | Path, world: int, dtype: str) -> TokenLogprobs:
-    """The decoder in float32 master weights, sharded with FSDP2 across ranks."""
+def build_policy(model_dir: str | Path, world: int, dtype: str, device: torch.device = torch.device("cpu")
+                 ) -> TokenLogprobs:
+    """The decoder in float32 master weights on `device`, sharded with FSDP2 across ranks."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     model = Model(load_config(model_dir))
     load_weights(model, model_dir)
-    return shard(TokenLogprobs(model), world, DTYPES[dtype])
+    return shard(TokenLogprobs(model.to(device)), world, DTYPES[dtype])
 
 
-def compute_context(dtype: str, world: int):
+def compute_context(dtype: str, world: int, device: torch.device = torch.device("cpu")):
     """bf16 autocast for a single process (FSDP's mixed-precision policy covers the sharded case)."""
     if dtype == "bfloat16" and world == 1:
-        return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -25,6 +25,7 @@ class SFTConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     max_grad_norm: float = 1.0
     dtype: str = "float32"  # compute dtype; master weights stay float32
+    device: str = "cpu"  # cpu | cuda (under torchrun each rank takes its own GPU, cuda:LOCAL_RANK)
     eval_every: int = 50
     save_every: int = 100
     seed: int = 0
@@ -56,6 +57,7 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     dtype: str = "float32"
     rollout_dtype: str = "float32"
+    device: str = "cpu"  # training and rollouts: cpu | cuda (under torchrun, cuda:LOCAL_RANK)
     save_every: int = 50
     seed: int = 0
 

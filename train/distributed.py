@@ -18,11 +18,28 @@ from kojudge.model import Model
 SHAPE_MULTIPLE = 256
 
 
-def init_distributed() -> tuple[int, int]:
+def training_device(device: str) -> torch.device:
+    """The configured device as this process's own: a bare 'cuda' is cuda:LOCAL_RANK under torchrun."""
+    from kojudge.jobs import process_device
+
+    try:
+        resolved = torch.device(process_device(device))
+    except RuntimeError:  # not a device name at all
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: not a training device (cpu | cuda | cuda:N)")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: torch sees no CUDA device here")
+        torch.cuda.set_device(resolved)
+    return resolved
+
+
+def init_distributed(device: torch.device = torch.device("cpu")) -> tuple[int, int]:
     """(rank, world size); starts a process group under torchrun (gloo on CPU, NCCL on GPU)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
@@ -37,7 +54,7 @@ def close_distributed() -> None:
 def all_reduce_sum(value: float, world: int) -> float:
     if world == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t)
     return float(t)
 
@@ -52,6 +69,8 @@ class TokenLogprobs(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cu_seqlens: list[int], targets: torch.Tensor,
                 temperature: float = 1.0) -> torch.Tensor:
+        device = self.model.lm_head_weight.device  # batches are packed on the CPU
+        input_ids, positions, targets = input_ids.to(device), positions.to(device), targets.to(device)
         tokens = input_ids.shape[0]
         pad = -tokens % SHAPE_MULTIPLE
         if pad:  # one more sequence, attending only to itself, whose log-probs nobody reads
@@ -69,7 +88,7 @@ def shard(module: TokenLogprobs, world: int, dtype: torch.dtype) -> TokenLogprob
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (world,))
+    mesh = init_device_mesh(module.model.lm_head_weight.device.type, (world,))
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for layer in module.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)

@@ -119,9 +119,10 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
                                       learning_rate, make_optimizer, resume)
     from kojudge.train.checkpoint import full_weights
     from kojudge.train.data import load_pairs, pair_batches
-    from kojudge.train.distributed import all_reduce_sum, init_distributed
+    from kojudge.train.distributed import all_reduce_sum, init_distributed, training_device
 
-    rank, world = init_distributed()
+    device = training_device(cfg.device)
+    rank, world = init_distributed(device)
     if cfg.normalize not in ("prompt", "pair"):
         raise ValueError(f"normalize must be 'prompt' or 'pair', got {cfg.normalize!r}")
     if cfg.pairs_per_batch < world:
@@ -130,14 +131,14 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
     pairs = load_pairs(cfg.data)
     steps_per_epoch = len(pair_batches(pairs, cfg.pairs_per_batch, cfg.seed, 0))
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    module = build_policy(cfg.model, world, cfg.dtype)
+    module = build_policy(cfg.model, world, cfg.dtype, device)
     # The KL reference is the starting model, frozen (unsharded: judges trained here are small).
-    ref_module = build_policy(cfg.model, 1, cfg.dtype).eval() if cfg.kl_coef > 0 else None
+    ref_module = build_policy(cfg.model, 1, cfg.dtype, device).eval() if cfg.kl_coef > 0 else None
     optimizer = make_optimizer(module, cfg.lr, cfg.weight_decay)
     step = resume(module, optimizer, cfg.output)["step"]
     log = MetricsLog(cfg.output, rank)
     log.truncate_after(step)
-    engine = Engine(cfg.model, dtype=cfg.rollout_dtype)
+    engine = Engine(cfg.model, dtype=cfg.rollout_dtype, device=str(device))
     scorer = PointwiseJudge(engine, rubrics=cfg.rubrics, template=cfg.template)
     records, bar = [], None
     if progress and rank == 0:
@@ -155,15 +156,16 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
         advantages = group_advantages(rewards, group_of)
         ids, positions, cu, targets, mask = _pack_rollouts(rollouts)
         token_adv = torch.cat([torch.full((cu[k + 1] - cu[k],), float(a)) for k, a in enumerate(advantages)])
+        mask, token_adv = mask.to(device), token_adv.to(device)
         tokens = all_reduce_sum(float(mask.sum()), world)
-        with torch.no_grad(), compute_context(cfg.dtype, world):
+        with torch.no_grad(), compute_context(cfg.dtype, world, device):
             module.eval()
             old_logp = module(ids, positions, cu, targets)
             ref_logp = ref_module(ids, positions, cu, targets) if ref_module is not None else None
         stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
         for _ in range(cfg.ppo_epochs):
             module.train()
-            with compute_context(cfg.dtype, world):
+            with compute_context(cfg.dtype, world, device):
                 logp = module(ids, positions, cu, targets)
                 per_token, clipped = clipped_policy_loss(logp, old_logp, token_adv, cfg.clip)
                 loss = token_mean(per_token, mask, tokens)

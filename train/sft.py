@@ -10,14 +10,13 @@ from kojudge.train.common import (MetricsLog, apply_update, build_policy, checkp
                                   learning_rate, make_optimizer, resume)
 from kojudge.train.config import SFTConfig
 from kojudge.train.data import IGNORE, PackedBatch, load_sft, pack, sft_batches
-from kojudge.train.distributed import TokenLogprobs, all_reduce_sum, init_distributed
+from kojudge.train.distributed import TokenLogprobs, all_reduce_sum, init_distributed, training_device
 
 
 def token_loss_sum(module: TokenLogprobs, batch: PackedBatch) -> torch.Tensor:
     """Sum of -log p over the loss tokens of a packed batch."""
-    mask = batch.labels != IGNORE
     logp = module(batch.input_ids, batch.positions, batch.cu_seqlens, batch.labels.clamp(min=0))
-    return -(logp * mask).sum()
+    return -(logp * (batch.labels != IGNORE).to(logp.device)).sum()
 
 
 def sft_step(module: TokenLogprobs, optimizer: torch.optim.Optimizer, micro_batches: list[PackedBatch], world: int,
@@ -28,7 +27,7 @@ def sft_step(module: TokenLogprobs, optimizer: torch.optim.Optimizer, micro_batc
     module.train()
     loss_sum = 0.0
     for batch in micro_batches:
-        with compute_context(dtype, world):
+        with compute_context(dtype, world, module.model.lm_head_weight.device):
             loss = token_loss_sum(module, batch)
         (loss * world / tokens).backward()
         loss_sum += float(loss.detach())
@@ -50,7 +49,8 @@ def evaluate(module: TokenLogprobs, examples, batch_size: int, rank: int, world:
 
 def train_sft(cfg: SFTConfig, progress: bool = True) -> list[dict]:
     """Runs (or resumes) SFT; returns the metrics records written by this call."""
-    rank, world = init_distributed()
+    device = training_device(cfg.device)
+    rank, world = init_distributed(device)
     if cfg.batch_size < world:
         raise ValueError(f"batch_size {cfg.batch_size} < {world} ranks: every rank needs a sequence per micro-batch")
     torch.manual_seed(cfg.seed)
@@ -59,7 +59,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> list[dict]:
     eval_examples = load_sft(cfg.eval_data, tokenizer, cfg.max_length) if cfg.eval_data else None
     steps_per_epoch = -(-len(sft_batches(examples, cfg.batch_size, cfg.seed, 0)) // cfg.grad_accum)
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    module = build_policy(cfg.model, world, cfg.dtype)
+    module = build_policy(cfg.model, world, cfg.dtype, device)
     optimizer = make_optimizer(module, cfg.lr, cfg.weight_decay)
     step = resume(module, optimizer, cfg.output)["step"]
     log = MetricsLog(cfg.output, rank)
@@ -82,7 +82,7 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> list[dict]:
         record = {"step": step, **record, "tokens_per_s": record["tokens"] / (time.perf_counter() - start)}
         if eval_examples is not None and (step % cfg.eval_every == 0 or step == total):
             module.eval()
-            with compute_context(cfg.dtype, world):
+            with compute_context(cfg.dtype, world, device):
                 record["eval_loss"] = evaluate(module, eval_examples, cfg.batch_size, rank, world)
         finish_step(record, records, log, bar, "loss")
         if step % cfg.save_every == 0 or step == total:
