@@ -201,3 +201,21 @@ def test_grpo_par_raises_the_par_reward_of_a_tiny_judge(tmp_path):
     assert sum(par[-5:]) / 5 > sum(par[:5]) / 5 + 0.15, par
     assert records[-1]["valid_score_rate"] > 0.5  # the format survives the RL stage
     assert kojudge.Engine(tmp_path / "grpo" / "final").config.hidden_size == 128
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_grpo_runs_on_cuda(tmp_path):
+    """Policy, KL reference and rollout engine on the GPU: steps complete with finite losses, and the
+    exported model loads in the CPU engine."""
+    from kojudge.tiny import make_tiny_model
+    from kojudge.train.config import GRPOConfig
+    from kojudge.train.grpo import train_grpo
+    from kojudge.train.toy import write_toy_task
+
+    model = make_tiny_model(tmp_path / "model", "qwen2", hidden_size=128, num_layers=2)
+    pairs, _ = write_toy_task(tmp_path / "task", num_pairs=8)
+    records = train_grpo(GRPOConfig(model=str(model), data=str(pairs), output=str(tmp_path / "grpo"), device="cuda",
+                                    pairs_per_batch=4, rollouts=2, max_new_tokens=16, lr=1e-3, max_steps=2,
+                                    kl_coef=0.1, save_every=1000), progress=False)
+    assert len(records) == 2 and all(torch.isfinite(torch.tensor([r["loss"], r["kl"]])).all() for r in records)
+    assert kojudge.Engine(tmp_path / "grpo" / "final").config.hidden_size == 128
