@@ -31,7 +31,8 @@ def training_device(device: str) -> torch.device:
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: torch sees no CUDA device here")
-        torch.cuda.set_device(resolved)
+        if resolved.index is not None:  # NCCL and later allocations use the current device
+            torch.cuda.set_device(resolved)
     return resolved
 
 
