@@ -429,7 +429,8 @@ class TritonPagedAttention:
         rows = [end - start for start, end in zip(runs.q_start, runs.q_start[1:])]
         return dict(q_start=as_int(runs.q_start), block_tables=tables, kv_lens=as_int(runs.kv_lens),
                     q_offsets=as_int([n - r if causal else 0 for n, r in zip(runs.kv_lens, rows)]),
-                    block_size=self.cache.block_size, causal=causal, max_queries=runs.max_rows)
+                    block_size=self.cache.block_size, causal=causal, max_queries=runs.max_rows,
+                    max_kv_len=max(runs.kv_lens))
 
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         from kojudge.kernels.attention import merge_state_triton, paged_attention_triton, store_kv_triton

@@ -27,7 +27,8 @@ def kernel_specs(dtype: str = "bf16") -> dict[str, ASTSource]:
     attention_ptrs = {"q_ptr": ptr, "k_cache_ptr": ptr, "v_cache_ptr": ptr, "out_ptr": ptr, "lse_ptr": "*fp32",
                       "q_start_ptr": "*i32", "tables_ptr": "*i32", "kv_lens_ptr": "*i32", "q_offsets_ptr": "*i32"}
     attention_scalars = {"scale": "fp32", **{s: "i32" for s in ("stride_qt", "stride_qh", "stride_ch", "stride_cs",
-                                                                 "stride_table", "stride_lse")}}
+                                                                 "stride_table", "stride_lse", "stride_split_out",
+                                                                 "stride_split_lse", "num_splits")}}
     common = {"GROUP": 7, "GROUP_PAD": 8, "D": 128, "BLOCK_D": 128, "BLOCK_SIZE": 16, "PRECISION": "tf32"}
     logprob_scalars = {"T": "i32", "V": "i32", "H": "i32", "stride_h": "i32", "stride_w": "i32", "inv_temp": "fp32",
                        "v_start": "i32", "v_count": "i32", "stride_g": "i32"}

@@ -76,22 +76,26 @@ def store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, stride_kt,
 @triton.jit
 def paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, lse_ptr, q_start_ptr, tables_ptr,
                            kv_lens_ptr, q_offsets_ptr, scale,
-                           stride_qt, stride_qh, stride_ch, stride_cs, stride_table, stride_lse,
+                           stride_qt, stride_qh, stride_ch, stride_cs, stride_table, stride_lse, stride_split_out,
+                           stride_split_lse, num_splits,
                            GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_M: tl.constexpr, ROWS: tl.constexpr,
                            D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, CAUSAL: tl.constexpr,
                            PRECISION: tl.constexpr):
-    """One program: BLOCK_M queries of sequence b, for the GROUP query heads of KV head `kvh`.
+    """One program: BLOCK_M queries of sequence b, for the GROUP query heads of KV head `kvh`, over
+    split `split` of the sequence's key blocks (out/lse of split s at s * stride_split_*).
 
     Tile rows are (query, head-in-group) pairs, padded to ROWS (>= 16 for tensor cores), so a KV
     block is loaded once for all the query heads that share it (GQA)."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
+    tile = tl.program_id(2) // num_splits
+    split = tl.program_id(2) % num_splits
     q_lo = tl.load(q_start_ptr + b)
     n_q = tl.load(q_start_ptr + b + 1) - q_lo
     kv_len = tl.load(kv_lens_ptr + b)
     q_offset = tl.load(q_offsets_ptr + b)
     r = tl.arange(0, ROWS)
-    m = tl.program_id(2) * BLOCK_M + r // GROUP_PAD  # query index within the sequence
+    m = tile * BLOCK_M + r // GROUP_PAD  # query index within the sequence
     g = r % GROUP_PAD
     row_ok = (r < BLOCK_M * GROUP_PAD) & (m < n_q) & (g < GROUP)
     head = kvh * GROUP + g
@@ -104,10 +108,12 @@ def paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, lse_ptr, q_
     acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
     kv_end = kv_len
     if CAUSAL:
-        last_q = tl.minimum(n_q, (tl.program_id(2) + 1) * BLOCK_M) - 1
+        last_q = tl.minimum(n_q, (tl.program_id(2) // num_splits + 1) * BLOCK_M) - 1
         kv_end = tl.minimum(kv_len, q_offset + last_q + 1)
     j = tl.arange(0, BLOCK_SIZE)
-    for n in range(0, tl.cdiv(kv_end, BLOCK_SIZE)):
+    blocks = tl.cdiv(kv_end, BLOCK_SIZE)
+    per_split = tl.cdiv(blocks, num_splits)
+    for n in range(split * per_split, tl.minimum(blocks, (split + 1) * per_split)):
         block = tl.load(tables_ptr + b * stride_table + n).to(tl.int64)
         key = n * BLOCK_SIZE + j
         key_ok = key < kv_end
@@ -128,10 +134,11 @@ def paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, lse_ptr, q_
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    out_rows = (q_lo + m).to(tl.int64) * stride_qt + head * stride_qh
+    out_rows = split.to(tl.int64) * stride_split_out + (q_lo + m).to(tl.int64) * stride_qt + head * stride_qh
     tl.store(out_ptr + out_rows[:, None] + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(lse_ptr + (q_lo + m).to(tl.int64) * stride_lse + head, m_i + tl.log(l_safe), mask=row_ok)
+    lse_rows = split.to(tl.int64) * stride_split_lse + (q_lo + m).to(tl.int64) * stride_lse + head
+    tl.store(lse_ptr + lse_rows, m_i + tl.log(l_safe), mask=row_ok)  # -inf where a split saw no key
 
 
 @triton.jit
@@ -162,8 +169,13 @@ def store_kv_triton(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
 
 def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_start: torch.Tensor,
                            block_tables: torch.Tensor, kv_lens: torch.Tensor, q_offsets: torch.Tensor,
-                           block_size: int, causal: bool = True, max_queries: int | None = None
+                           block_size: int, causal: bool = True, max_queries: int | None = None,
+                           max_kv_len: int | None = None, num_splits: int | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """num_splits > 1 divides each sequence's key blocks among that many programs (split-KV, as in
+    flash-decoding) and merges their partial results by LSE: more programs for the GPU when the
+    sequences are few and long, as a shared prefix is. By default chosen from max_kv_len (a host
+    number, so no sync) by choose_num_splits; 1 when it is not given."""
     if block_size & (block_size - 1):
         raise ValueError(f"the Triton kernel needs a power-of-two block size, got {block_size}")
     q = q.contiguous()
@@ -174,15 +186,41 @@ def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
         max_queries = int((q_start[1:] - q_start[:-1]).max())
     block_m = 1 if max_queries == 1 else max(1, 64 // group_pad)  # decode: one query per program
     rows = max(16, block_m * group_pad)
-    out = torch.empty_like(q)
-    lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
-    grid = (len(kv_lens), k_cache.shape[0], triton.cdiv(max_queries, block_m))
+    tiles = triton.cdiv(max_queries, block_m)
+    programs = len(kv_lens) * k_cache.shape[0] * tiles
+    if num_splits is None:
+        num_splits = 1 if max_kv_len is None else choose_num_splits(programs, max_kv_len, q.device)
+    out = q.new_empty((num_splits, *q.shape)) if num_splits > 1 else torch.empty_like(q)
+    lse = torch.empty((num_splits, *q.shape[:2]) if num_splits > 1 else q.shape[:2], dtype=torch.float32,
+                      device=q.device)
+    grid = (len(kv_lens), k_cache.shape[0], tiles * num_splits)
     paged_attention_kernel[grid](
         q, k_cache, v_cache, out, lse, q_start, block_tables, kv_lens, q_offsets, d**-0.5,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0), lse.stride(0),
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0), lse.stride(-2),
+        q.numel() if num_splits > 1 else 0, lse[0].numel() if num_splits > 1 else 0, num_splits,
         GROUP=group, GROUP_PAD=group_pad, BLOCK_M=block_m, ROWS=rows, D=d, BLOCK_D=triton.next_power_of_2(d),
         BLOCK_SIZE=block_size, CAUSAL=causal, PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
-    return out, lse
+    return merge_splits(out, lse) if num_splits > 1 else (out, lse)
+
+
+def merge_splits(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial results over disjoint key ranges, out [S, T, heads, d] and lse [S, T, heads], merged
+    into one by their LSE; rows no split saw a key of keep LSE -inf."""
+    top = lse.amax(0)
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+    weights = torch.exp(lse - top)
+    total = weights.sum(0)
+    merged = (weights[..., None] * out.float()).sum(0) / torch.where(total == 0, 1.0, total)[..., None]
+    return merged.to(out.dtype), top + torch.log(total)
+
+
+def choose_num_splits(num_programs: int, max_kv_len: int, device: torch.device, min_keys: int = 512) -> int:
+    """Splits of each sequence's keys so that the launch has about two programs per streaming
+    multiprocessor, each split keeping at least `min_keys` keys. 1 off CUDA."""
+    if torch.device(device).type != "cuda":
+        return 1
+    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(-(-target // num_programs), max_kv_len // min_keys))
 
 
 def merge_state_triton(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor

@@ -52,6 +52,19 @@ def test_paged_attention_matches_reference(case, causal):
         assert torch.isinf(got[1][~rows]).all()
 
 
+@pytest.mark.parametrize("num_splits", [2, 3, 8])
+@pytest.mark.parametrize("causal", [True, False])
+def test_split_keys_give_the_same_attention(num_splits, causal):
+    """Split-KV: more splits than some sequences have blocks (empty splits), odd block counts, a
+    sequence without keys, decode and extend rows."""
+    q_lens, kv_lens, heads, kv_heads, d, block_size = [1, 6, 2, 3], [37, 20, 4, 0], 6, 2, 16, 4
+    args = make_batch(q_lens, kv_lens, heads, kv_heads, d, block_size, seed=7)
+    expected = paged_attention_reference(*args, block_size, causal=causal)
+    got = paged_attention_triton(*args, block_size, causal=causal, num_splits=num_splits)
+    torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], expected[1], atol=1e-5, rtol=1e-5)
+
+
 def test_cascade_prefix_plus_suffix_equals_full_attention():
     """Stacked queries of 3 sequences vs one shared prefix (no mask), each vs its own suffix (causal),
     merged by LSE = each sequence attending to prefix + suffix."""

@@ -215,9 +215,15 @@ def test_prefix_of_a_running_request_serves_a_later_one(model_dirs, hf_models):
     assert all(done[r].finish_reason == "length" for r in pressure)
 
 
-def test_triton_attention_backend_matches_torch(model_dirs):
+@pytest.mark.parametrize("split_keys", [False, True])
+def test_triton_attention_backend_matches_torch(model_dirs, monkeypatch, split_keys):
     """The engine on the Triton kernels (on the GPU where there is one, else the CPU interpreter): same
-    greedy tokens, with chunked prefill, prefix hits and two cascade groups in play."""
+    greedy tokens, with chunked prefill, prefix hits and two cascade groups in play; also with every
+    launch's keys split three ways (split-KV, which the engine chooses only on a GPU)."""
+    if split_keys:
+        from kojudge.kernels import attention as kernel_attention
+
+        monkeypatch.setattr(kernel_attention, "choose_num_splits", lambda *args: 3)
     prompts = two_template_prompts(matches=3)
     params = SamplingParams(max_tokens=6, ignore_eos=True)
     outs = {}
