@@ -92,12 +92,14 @@ class Engine:
     def _check(self, ids: list[int], params: SamplingParams, index: int) -> None:
         if not ids:
             raise ValueError(f"prompt {index} is empty")
-        if len(ids) + params.max_tokens > self.max_model_len:
-            raise ValueError(f"prompt {index} has {len(ids)} tokens + max_tokens {params.max_tokens} > "
-                             f"max model length {self.max_model_len}")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt {index} has {len(ids)} tokens: the max model length {self.max_model_len} "
+                             f"leaves no room to generate")
+        # Generation stops at the max model length (finish_reason "length"), as in vLLM.
+        needed = min(len(ids) + params.max_tokens, self.max_model_len)
         capacity = self.pool.num_blocks * self.pool.block_size
-        if len(ids) + params.max_tokens > capacity:
-            raise ValueError(f"prompt {index} needs {len(ids) + params.max_tokens} KV slots but the pool holds "
+        if needed > capacity:
+            raise ValueError(f"prompt {index} needs {needed} KV slots but the pool holds "
                              f"{capacity}; raise kv_cache_blocks / kv_cache_gib")
 
     def _enqueue(self, prompt: Prompt, ids: list[int], params: SamplingParams) -> int:

@@ -181,9 +181,15 @@ def test_empty_prompt_list_is_refused(engines):
 def test_over_long_prompt_is_refused_before_anything_runs(engines):
     engine = engines["qwen2-tied"]
     before = engine.stats()
-    with pytest.raises(ValueError, match="prompt 1 has 2040 tokens"):
-        engine.generate([[5] * 10, [5] * 2040], SamplingParams(max_tokens=16))
+    with pytest.raises(ValueError, match="prompt 1 has 2048 tokens: the max model length 2048 leaves no room"):
+        engine.generate([[5] * 10, [5] * 2048], SamplingParams(max_tokens=16))
     assert engine.stats() == before
+
+
+def test_generation_stops_at_the_max_model_length(engines):
+    """A prompt that fits runs even when max_tokens would overrun the model length (as in vLLM)."""
+    out = engines["qwen2-tied"].generate([[5] * 2040], SamplingParams(max_tokens=16, ignore_eos=True))[0]
+    assert len(out.token_ids) == 8 and out.finish_reason == "length"
 
 
 def test_empty_prompt_and_bad_token_ids_are_refused(engines):
