@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 
@@ -78,6 +79,18 @@ def _run_sharded(args: argparse.Namespace, items: list[dict], process) -> None:
             merge_shards(output, world, [item["id"] for item in items])
 
 
+@contextlib.contextmanager
+def naming_items(path: str, items: list[dict]):
+    """A judge prompt too long for the model, named by its input file and item id."""
+    from kojudge import PromptTooLong
+
+    try:
+        yield
+    except PromptTooLong as exc:
+        detail = str(exc).split(": ", 1)[1]
+        raise ValueError(f"{path}: item {items[exc.index]['id']!r}: {detail}") from None
+
+
 def judge(args: argparse.Namespace) -> None:
     """Best-of-N by a pairwise judge over a JSONL of {id, question, candidates}."""
     from kojudge import SamplingParams
@@ -101,8 +114,9 @@ def judge(args: argparse.Namespace) -> None:
                           "judgments": best.judgments})
             progress.update(1)
 
-        pair_judge.best_of_n_many([(item["question"], item["candidates"]) for item in todo], seed=args.seed,
-                                  on_result=on_result)
+        with naming_items(args.input, todo):
+            pair_judge.best_of_n_many([(item["question"], item["candidates"]) for item in todo], seed=args.seed,
+                                      on_result=on_result)
 
     _run_sharded(args, items, process)
 
@@ -124,6 +138,10 @@ def score(args: argparse.Namespace) -> None:
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=0.95,
                                 stop=["</answer>"], include_stop_str_in_output=True)
         scorer = PointwiseJudge(engine, params=params)
+        every_response = [item for item in todo for _ in item["responses"]]
+        with naming_items(args.input, every_response):  # all of them before any work starts
+            scorer.pointwise_prompts([(item["prompt"], r) for item in todo for r in item["responses"]],
+                                     [item.get("domain", args.domain) for item in every_response])
         for start in range(0, len(todo), args.batch):
             chunk = todo[start: start + args.batch]
             pairs = [(item["prompt"], r) for item in chunk for r in item["responses"]]

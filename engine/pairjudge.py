@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from kojudge.answers import answer_teams
-from kojudge.engine import Engine
+from kojudge.engine import Engine, PromptTooLong
 from kojudge.judgment_format import check_placeholders, fill_placeholders, read_template
 from kojudge.sampling import SamplingParams
 from kojudge.tournament import FORMATS, TournamentResult, Verdict
@@ -93,6 +93,14 @@ class PairJudge:
     def prompt_ids(self, question: str, response_a: str, response_b: str) -> list[int]:
         return self.engine.tokenizer.apply_chat_template(self.messages(question, response_a, response_b))
 
+    def longest_match(self, question: str, candidates: Sequence[str]) -> int:
+        """Tokens of the question's longest judge prompt: the one with its two longest candidates."""
+        if len(candidates) < 2:
+            return 0  # a single candidate wins without a judge call
+        lengths = [len(self.engine.tokenizer.encode(c)) for c in candidates]
+        first, second = sorted(range(len(candidates)), key=lengths.__getitem__)[-2:]
+        return len(self.prompt_ids(question, candidates[first], candidates[second]))
+
     def best_of_n(self, question: str, candidates: Sequence[str], seed: int = 0) -> BestOfN:
         return self.best_of_n_many([(question, candidates)], seed=seed)[0]
 
@@ -101,9 +109,14 @@ class PairJudge:
         """Tournaments for many questions at once. Every question's pending matches sit in the engine
         together, and a question's next round is submitted the moment its last match is judged.
         `on_result(index, result)` is called as each question finishes (to write results as they go)."""
-        for index, (_, candidates) in enumerate(items):
+        limit = self.engine.max_model_len
+        for index, (question, candidates) in enumerate(items):
             if not candidates:
                 raise ValueError(f"item {index}: the candidate list is empty")
+            tokens = self.longest_match(question, candidates)
+            if tokens >= limit:
+                raise PromptTooLong(f"item {index}: its two longest candidates make a judge prompt of {tokens} "
+                                    f"tokens, and the judge's max model length is {limit}", index, tokens, limit)
         results: dict[int, BestOfN] = {}
         pending: dict[int, tuple[int, int]] = {}  # request id -> (question, match index in its round)
         rounds, asked, answers, texts, teams_of = {}, {}, {}, {}, {}

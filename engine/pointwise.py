@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from kojudge.engine import Engine
+from kojudge.engine import Engine, PromptTooLong
 from kojudge.judgment_format import fill_placeholders, parse_pairwise_choice, parse_pointwise, read_template
 from kojudge.sampling import SamplingParams
 
@@ -145,6 +145,19 @@ class PointwiseJudge:
         return self.engine.tokenizer.apply_chat_template([{"role": "user", "content": self.pointwise_text(
             prompt, response, domain)}])
 
+    def pointwise_prompts(self, items: Sequence[tuple[str, str]], domain: str | Sequence[str] = "chat"
+                          ) -> list[list[int]]:
+        """The judge prompts of (prompt, response) items; PromptTooLong names the first that leaves the
+        judge no room to generate."""
+        domains = [domain] * len(items) if isinstance(domain, str) else list(domain)
+        prompts = [self.pointwise_prompt(p, r, d) for (p, r), d in zip(items, domains)]
+        limit = self.engine.max_model_len
+        for index, prompt in enumerate(prompts):
+            if len(prompt) >= limit:
+                raise PromptTooLong(f"item {index}: its judge prompt has {len(prompt)} tokens, and the judge's max "
+                                    f"model length is {limit}", index, len(prompt), limit)
+        return prompts
+
     def pairwise_prompt(self, prompt: str, response_a: str, response_b: str, domain: str = "chat") -> list[int]:
         text = fill_placeholders(PAIRWISE_TEMPLATE, {"rubric": self._rubric(domain), "prompt": prompt,
                                          "response_a": response_a, "response_b": response_b})
@@ -160,8 +173,7 @@ class PointwiseJudge:
                    domain: str | Sequence[str] = "chat", seed: int = 0) -> list[PointwiseScore]:
         """Score (prompt, response) pairs (domain: one for all or one per item); every rollout of
         every item runs in one batch."""
-        domains = [domain] * len(items) if isinstance(domain, str) else list(domain)
-        texts = self._rollouts([self.pointwise_prompt(p, r, d) for (p, r), d in zip(items, domains)], n, seed)
+        texts = self._rollouts(self.pointwise_prompts(items, domain), n, seed)
         results = []
         for rollouts in texts:
             parsed = [parse_pointwise(t) for t in rollouts]

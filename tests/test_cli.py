@@ -130,3 +130,24 @@ def test_an_attention_backend_that_cannot_run_is_a_clear_error(tmp_path, model_d
               "--attention-backend", "flashinfer"])
     assert exit_info.value.code == 2
     assert "flashinfer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["judge", "score"])
+def test_a_prompt_too_long_for_the_judge_is_named_before_any_work(tmp_path, model_dirs, capsys, command):
+    long = "word " * 2100  # past the tiny judge's 2,048 positions however it tokenizes
+    inp = tmp_path / "in.jsonl"
+    if command == "judge":
+        inp.write_text(json.dumps({"id": "short", "question": "q", "candidates": ["a", "b"]}) + "\n"
+                       + json.dumps({"id": "long", "question": "q", "candidates": ["a", long, "b"]}) + "\n")
+        expected = "in.jsonl: item 'long': its two longest candidates make a judge prompt of"
+    else:
+        inp.write_text(json.dumps({"id": "short", "prompt": "p", "response": "r"}) + "\n"
+                       + json.dumps({"id": "long", "prompt": "p", "responses": ["r", long]}) + "\n")
+        expected = "in.jsonl: item 'long': its judge prompt has"
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--model", str(model_dirs["qwen2-tied"]), "--input", str(inp), "--output", str(out),
+              "--max-tokens", "8"])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists() or not out.read_text()  # nothing judged, nothing half-written

@@ -131,9 +131,14 @@ class FakeTokenizer:
     def apply_chat_template(self, messages):
         return messages[1]["content"]
 
+    def encode(self, text):
+        return list(text)
+
 
 class ScriptedEngine:
     """Finishes one request per step; a candidate containing RIGHT is judged correct. Logs events."""
+
+    max_model_len = 10_000
 
     def __init__(self, slow_marker="SLOW"):
         self.tokenizer, self.queue, self.log, self.next_id = FakeTokenizer(), [], [], 0
@@ -201,3 +206,14 @@ def test_pointwise_judge_takes_a_template_file(tmp_path, engines):
         PointwiseJudge(engine, template=bad)
     with pytest.raises(FileNotFoundError, match="missing.md"):
         PointwiseJudge(engine, template=tmp_path / "missing.md")
+
+
+def test_best_of_n_refuses_a_question_too_long_for_the_judge_before_any_call(model_dirs):
+    engine = kojudge.Engine(model_dirs["qwen2-tied"], max_model_len=1000)  # the default template: ~760 tokens
+    judge = kojudge.PairJudge(engine)
+    items = [("q", ["a", "b"]), ("q", ["a", "word " * 200, "word " * 150, "b"])]
+    with pytest.raises(kojudge.PromptTooLong, match="item 1: its two longest candidates") as info:
+        judge.best_of_n_many(items)
+    assert info.value.index == 1 and info.value.tokens >= 1000 and info.value.limit == 1000
+    assert info.value.tokens == len(judge.prompt_ids("q", "word " * 200, "word " * 150))
+    assert engine.stats()["prompt_tokens"] == 0
