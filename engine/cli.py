@@ -79,6 +79,17 @@ def _run_sharded(args: argparse.Namespace, items: list[dict], process) -> None:
             merge_shards(output, world, [item["id"] for item in items])
 
 
+def template_for(args: argparse.Namespace, name: str) -> str | None:
+    """--template, else the judge directory's own `name` (as a trained judge ships its prompt format),
+    else None: the built-in template."""
+    from pathlib import Path
+
+    if args.template:
+        return args.template
+    own = Path(args.model) / name
+    return str(own) if own.is_file() else None
+
+
 @contextlib.contextmanager
 def naming_items(path: str, items: list[dict]):
     """A judge prompt too long for the model, named by its input file and item id."""
@@ -102,7 +113,7 @@ def judge(args: argparse.Namespace) -> None:
     def process(engine, todo, writer, progress):
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, stop=[STOP],
                                 include_stop_str_in_output=True)
-        pair_judge = PairJudge(engine, template=args.template, params=params, format=args.format,
+        pair_judge = PairJudge(engine, template=template_for(args, "judge_template.md"), params=params, format=args.format,
                                group_by_answer=not args.no_teams, both_orders=args.both_orders, samples=args.samples)
 
         def on_result(index, best):
@@ -137,7 +148,7 @@ def score(args: argparse.Namespace) -> None:
     def process(engine, todo, writer, progress):
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=0.95,
                                 stop=["</answer>"], include_stop_str_in_output=True)
-        scorer = PointwiseJudge(engine, params=params)
+        scorer = PointwiseJudge(engine, params=params, template=template_for(args, "pointwise_template.md"))
         every_response = [item for item in todo for _ in item["responses"]]
         with naming_items(args.input, every_response):  # all of them before any work starts
             scorer.pointwise_prompts([(item["prompt"], r) for item in todo for r in item["responses"]],
@@ -233,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
 
     p = job_parser("judge", "best-of-N by pairwise tournament: {id, question, candidates} per line")
     p.add_argument("--format", default="knockout", choices=["knockout", "round_robin", "swiss"])
-    p.add_argument("--template", help="pairwise template file with {question}, {response_a}, {response_b}")
+    p.add_argument("--template", help="pairwise template file with {question}, {response_a}, {response_b} "
+                                      "(default: the model directory's judge_template.md if any, else built in)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--both-orders", action="store_true", help="judge every pair in both orders")
     p.add_argument("--samples", type=int, default=1, help="judgments per match, combined by vote")
@@ -245,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--domain", default="chat", help="default domain (chat, math, code, safety, instruction_following)")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--batch", type=int, default=16, help="items per batch between writes")
+    p.add_argument("--template", help="pointwise template file with {prompt}, {response} and optionally {rubric} "
+                                      "(default: the model directory's pointwise_template.md if any, else PaTaRM's)")
     p.set_defaults(func=score)
     p = sub.add_parser("bench", help="run the benchmarks in bench/ and regenerate the README's figures")
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"a subset of: {', '.join(BENCHMARKS)}")

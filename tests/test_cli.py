@@ -151,3 +151,27 @@ def test_a_prompt_too_long_for_the_judge_is_named_before_any_work(tmp_path, mode
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err
     assert not out.exists() or not out.read_text()  # nothing judged, nothing half-written
+
+
+def test_a_judge_directory_brings_its_own_templates(tmp_path):
+    import argparse
+
+    from kojudge.cli import template_for
+
+    args = argparse.Namespace(template=None, model=str(tmp_path))
+    assert template_for(args, "judge_template.md") is None  # the built-in one
+    (tmp_path / "judge_template.md").write_text("{question} A: {response_a} B: {response_b}")
+    assert template_for(args, "judge_template.md") == str(tmp_path / "judge_template.md")
+    args.template = "mine.md"
+    assert template_for(args, "judge_template.md") == "mine.md"
+
+
+def test_the_shipped_demo_judge_judges_from_the_command_line(tmp_path):
+    """Its compact template comes from its directory: with the built-in one its prompts would not fit."""
+    from kojudge.demo import SHIPPED_JUDGE
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "question": "What is 2 + 3?", "candidates": ["5", "6"]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    main(["judge", "--model", str(SHIPPED_JUDGE), "--input", str(inp), "--output", str(out), "--max-tokens", "64"])
+    assert records(out)[0]["judge_calls"] == 1
