@@ -98,8 +98,7 @@ def naming_items(path: str, items: list[dict]):
     try:
         yield
     except PromptTooLong as exc:
-        detail = str(exc).split(": ", 1)[1]
-        raise ValueError(f"{path}: item {items[exc.index]['id']!r}: {detail}") from None
+        raise ValueError(f"{path}: item {items[exc.index]['id']!r}: {exc.detail}") from None
 
 
 def judge(args: argparse.Namespace) -> None:
@@ -113,8 +112,9 @@ def judge(args: argparse.Namespace) -> None:
     def process(engine, todo, writer, progress):
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, stop=[STOP],
                                 include_stop_str_in_output=True)
-        pair_judge = PairJudge(engine, template=template_for(args, "judge_template.md"), params=params, format=args.format,
-                               group_by_answer=not args.no_teams, both_orders=args.both_orders, samples=args.samples)
+        pair_judge = PairJudge(engine, template=template_for(args, "judge_template.md"), params=params,
+                               format=args.format, group_by_answer=not args.no_teams, both_orders=args.both_orders,
+                               samples=args.samples)
 
         def on_result(index, best):
             item = todo[index]

@@ -19,13 +19,14 @@ from kojudge.sequence import RequestOutput, Sequence, Status
 from kojudge.tokenizer import Detokenizer, Tokenizer
 from kojudge.weights import load_weights
 
-class PromptTooLong(ValueError):
-    """A prompt that leaves the judge no room to generate, refused before any work starts.
-    `index`: its position in the batch it came with (a prompt, an item), to name it by."""
 
-    def __init__(self, message: str, index: int, tokens: int, limit: int):
-        super().__init__(message)
-        self.index, self.tokens, self.limit = index, tokens, limit
+class PromptTooLong(ValueError):
+    """A prompt that leaves the judge no room to generate, refused before any work starts: "subject:
+    detail", where `index` is the subject's position in the batch it came with (a prompt, an item)."""
+
+    def __init__(self, subject: str, detail: str, index: int, tokens: int, limit: int):
+        super().__init__(f"{subject}: {detail}")
+        self.detail, self.index, self.tokens, self.limit = detail, index, tokens, limit
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -102,8 +103,8 @@ class Engine:
         if not ids:
             raise ValueError(f"prompt {index} is empty")
         if len(ids) >= self.max_model_len:
-            raise PromptTooLong(f"prompt {index} has {len(ids)} tokens: the max model length {self.max_model_len} "
-                                f"leaves no room to generate", index, len(ids), self.max_model_len)
+            raise PromptTooLong(f"prompt {index}", f"{len(ids)} tokens leave no room to generate within the max "
+                                f"model length {self.max_model_len}", index, len(ids), self.max_model_len)
         # Generation stops at the max model length (finish_reason "length"), as in vLLM.
         needed = min(len(ids) + params.max_tokens, self.max_model_len)
         capacity = self.pool.num_blocks * self.pool.block_size

@@ -115,7 +115,7 @@ class PairJudge:
                 raise ValueError(f"item {index}: the candidate list is empty")
             tokens = self.longest_match(question, candidates)
             if tokens >= limit:
-                raise PromptTooLong(f"item {index}: its two longest candidates make a judge prompt of {tokens} "
+                raise PromptTooLong(f"item {index}", f"its two longest candidates make a judge prompt of {tokens} "
                                     f"tokens, and the judge's max model length is {limit}", index, tokens, limit)
         results: dict[int, BestOfN] = {}
         pending: dict[int, tuple[int, int]] = {}  # request id -> (question, match index in its round)

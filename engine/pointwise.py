@@ -154,8 +154,8 @@ class PointwiseJudge:
         limit = self.engine.max_model_len
         for index, prompt in enumerate(prompts):
             if len(prompt) >= limit:
-                raise PromptTooLong(f"item {index}: its judge prompt has {len(prompt)} tokens, and the judge's max "
-                                    f"model length is {limit}", index, len(prompt), limit)
+                raise PromptTooLong(f"item {index}", f"its judge prompt has {len(prompt)} tokens, and the judge's "
+                                    f"max model length is {limit}", index, len(prompt), limit)
         return prompts
 
     def pairwise_prompt(self, prompt: str, response_a: str, response_b: str, domain: str = "chat") -> list[int]:

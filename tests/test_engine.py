@@ -181,7 +181,8 @@ def test_empty_prompt_list_is_refused(engines):
 def test_over_long_prompt_is_refused_before_anything_runs(engines):
     engine = engines["qwen2-tied"]
     before = engine.stats()
-    with pytest.raises(ValueError, match="prompt 1 has 2048 tokens: the max model length 2048 leaves no room"):
+    with pytest.raises(kojudge.PromptTooLong, match="prompt 1: 2048 tokens leave no room to generate within the max "
+                                                    "model length 2048"):
         engine.generate([[5] * 10, [5] * 2048], SamplingParams(max_tokens=16))
     assert engine.stats() == before
 
