@@ -79,17 +79,6 @@ def _run_sharded(args: argparse.Namespace, items: list[dict], process) -> None:
             merge_shards(output, world, [item["id"] for item in items])
 
 
-def template_for(args: argparse.Namespace, name: str) -> str | None:
-    """--template, else the judge directory's own `name` (as a trained judge ships its prompt format),
-    else None: the built-in template."""
-    from pathlib import Path
-
-    if args.template:
-        return args.template
-    own = Path(args.model) / name
-    return str(own) if own.is_file() else None
-
-
 @contextlib.contextmanager
 def naming_items(path: str, items: list[dict]):
     """A judge prompt too long for the model, named by its input file and item id."""
@@ -112,7 +101,7 @@ def judge(args: argparse.Namespace) -> None:
     def process(engine, todo, writer, progress):
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, stop=[STOP],
                                 include_stop_str_in_output=True)
-        pair_judge = PairJudge(engine, template=template_for(args, "judge_template.md"), params=params,
+        pair_judge = PairJudge(engine, template=args.template, params=params,
                                format=args.format, group_by_answer=not args.no_teams, both_orders=args.both_orders,
                                samples=args.samples)
 
@@ -148,7 +137,7 @@ def score(args: argparse.Namespace) -> None:
     def process(engine, todo, writer, progress):
         params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=0.95,
                                 stop=["</answer>"], include_stop_str_in_output=True)
-        scorer = PointwiseJudge(engine, params=params, template=template_for(args, "pointwise_template.md"))
+        scorer = PointwiseJudge(engine, params=params, template=args.template)
         every_response = [item for item in todo for _ in item["responses"]]
         with naming_items(args.input, every_response):  # all of them before any work starts
             scorer.pointwise_prompts([(item["prompt"], r) for item in todo for r in item["responses"]],

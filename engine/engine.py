@@ -57,6 +57,7 @@ class Engine:
         if self.attention_backend == "flashinfer" and (self.device.type != "cuda" or self.dtype == torch.float32):
             raise ValueError(f"the flashinfer attention backend runs on a CUDA device in float16 or bfloat16; "
                              f"this engine is {dtype} on {self.device}")
+        self.model_dir = Path(model_dir)
         self.tokenizer = Tokenizer(model_dir)
         with torch.device("meta"):
             model = Model(self.config)

@@ -39,6 +39,13 @@ def read_template(path: str | Path, placeholders: tuple[str, ...]) -> str:
     return check_placeholders(path.read_text(encoding="utf-8"), placeholders, str(path))
 
 
+def judge_directory_template(model_dir: Path, name: str) -> Path | None:
+    """The template a judge directory ships with its weights (a judge trained on a format of its own,
+    as the demo judge is), if it has one."""
+    path = Path(model_dir) / name
+    return path if path.is_file() else None
+
+
 def check_placeholders(text: str, placeholders: tuple[str, ...], where: str) -> str:
     missing = [p for p in placeholders if "{" + p + "}" not in text]
     if missing:

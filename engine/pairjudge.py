@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from kojudge.answers import answer_teams
 from kojudge.engine import Engine, PromptTooLong
-from kojudge.judgment_format import check_placeholders, fill_placeholders, read_template
+from kojudge.judgment_format import check_placeholders, fill_placeholders, judge_directory_template, read_template
 from kojudge.sampling import SamplingParams
 from kojudge.tournament import FORMATS, TournamentResult, Verdict
 
@@ -68,7 +68,8 @@ class BestOfN:
 class PairJudge:
     """Best-of-N by a pairwise judge running on `engine`.
 
-    format: knockout (default) | round_robin | swiss. group_by_answer: candidates with equivalent
+    template: a file with {question}, {response_a} and {response_b}; by default the judge directory's
+    judge_template.md if it has one, else the shipped default. format: knockout (default) | round_robin | swiss. group_by_answer: candidates with equivalent
     final answers form a team and never meet in a judged match. both_orders / samples: see
     `kojudge.tournament.knockout_rounds`.
     """
@@ -79,7 +80,7 @@ class PairJudge:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
         self.engine = engine
-        self.template = load_template(template)
+        self.template = load_template(template or judge_directory_template(engine.model_dir, "judge_template.md"))
         self.params = params or SamplingParams(max_tokens=1024, temperature=0.0, stop=[STOP],
                                                include_stop_str_in_output=True)
         self.system_prompt = system_prompt

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 from kojudge.engine import Engine, PromptTooLong
-from kojudge.judgment_format import fill_placeholders, parse_pairwise_choice, parse_pointwise, read_template
+from kojudge.judgment_format import (fill_placeholders, judge_directory_template, parse_pairwise_choice, parse_pointwise,
+                                    read_template)
 from kojudge.sampling import SamplingParams
 
 # Our own wording of the primary criteria and score bands for each domain.
@@ -122,12 +123,14 @@ def pointwise_text(rubric: str, prompt: str, response: str, template: str = POIN
 
 class PointwiseJudge:
     """template: a file with {prompt} and {response} (and {rubric} where the rubric goes) replacing
-    the PaTaRM pointwise template, e.g. a judge trained on a compact format of its own."""
+    the PaTaRM pointwise template, e.g. a judge trained on a compact format of its own; by default the
+    judge directory's pointwise_template.md if it has one."""
 
     def __init__(self, engine: Engine, rubrics: dict[str, str] | None = None, params: SamplingParams | None = None,
                  template: str | Path | None = None):
         self.engine = engine
         self.rubrics = {**PRIMARY_RUBRICS, **(rubrics or {})}
+        template = template or judge_directory_template(engine.model_dir, "pointwise_template.md")
         self.template = POINTWISE_TEMPLATE if template is None else read_template(template, ("prompt", "response"))
         self.params = params or SamplingParams(max_tokens=1024, temperature=0.8, top_p=0.95, stop=["</answer>"],
                                                include_stop_str_in_output=True)

@@ -153,19 +153,6 @@ def test_a_prompt_too_long_for_the_judge_is_named_before_any_work(tmp_path, mode
     assert not out.exists() or not out.read_text()  # nothing judged, nothing half-written
 
 
-def test_a_judge_directory_brings_its_own_templates(tmp_path):
-    import argparse
-
-    from kojudge.cli import template_for
-
-    args = argparse.Namespace(template=None, model=str(tmp_path))
-    assert template_for(args, "judge_template.md") is None  # the built-in one
-    (tmp_path / "judge_template.md").write_text("{question} A: {response_a} B: {response_b}")
-    assert template_for(args, "judge_template.md") == str(tmp_path / "judge_template.md")
-    args.template = "mine.md"
-    assert template_for(args, "judge_template.md") == "mine.md"
-
-
 def test_the_shipped_demo_judge_judges_from_the_command_line(tmp_path):
     """Its compact template comes from its directory: with the built-in one its prompts would not fit."""
     from kojudge.demo import SHIPPED_JUDGE

@@ -217,3 +217,18 @@ def test_best_of_n_refuses_a_question_too_long_for_the_judge_before_any_call(mod
     assert info.value.index == 1 and info.value.tokens >= 1000 and info.value.limit == 1000
     assert info.value.tokens == len(judge.prompt_ids("q", "word " * 200, "word " * 150))
     assert engine.stats()["prompt_tokens"] == 0
+
+
+def test_a_judge_directory_brings_its_own_templates(tmp_path, model_dirs):
+    import shutil
+
+    judge_dir = shutil.copytree(model_dirs["qwen2-tied"], tmp_path / "judge")
+    engine = kojudge.Engine(judge_dir)
+    assert PairJudge(engine).template == load_template()  # none of its own: the shipped default
+    (judge_dir / "judge_template.md").write_text("Q {question} A {response_a} B {response_b}")
+    (judge_dir / "pointwise_template.md").write_text("P {prompt} R {response}")
+    assert PairJudge(engine).template == "Q {question} A {response_a} B {response_b}"
+    assert PointwiseJudge(engine).template == "P {prompt} R {response}"
+    explicit = tmp_path / "mine.md"
+    explicit.write_text("mine {question} {response_a} {response_b}")
+    assert PairJudge(engine, template=explicit).template.startswith("mine")
