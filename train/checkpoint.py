@@ -2,8 +2,10 @@
 resumable training state with torch.distributed.checkpoint."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,11 +45,21 @@ def save_hf(weights: dict[str, torch.Tensor], module: TokenLogprobs, base_dir: s
     return out_dir
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    """torch.distributed.checkpoint warns on every save and load of a single process that it assumes
+    one; that is how kojudge trains without torchrun."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def save_state(module: TokenLogprobs, optimizer: torch.optim.Optimizer, out_dir: str | Path, meta: dict,
                rank: int) -> None:
     out_dir = Path(out_dir)
     model_state, optim_state = get_state_dict(module, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(out_dir / "state"))
+    with _single_process_quiet():
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(out_dir / "state"))
     if rank == 0:
         (out_dir / "meta.json").write_text(json.dumps(meta))
 
@@ -56,7 +68,8 @@ def load_state(module: TokenLogprobs, optimizer: torch.optim.Optimizer, out_dir:
     out_dir = Path(out_dir)
     model_state, optim_state = get_state_dict(module, optimizer)
     state = {"model": model_state, "optim": optim_state}
-    dcp.load(state, checkpoint_id=str(out_dir / "state"))
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(out_dir / "state"))
     set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return json.loads((out_dir / "meta.json").read_text())
 
