@@ -203,6 +203,7 @@ def _flash_cpu_runs(x: torch.Tensor) -> bool:
     """Whether torch's CPU flash kernel (which also returns the LSE) can take x."""
     return _FLASH_CPU is not None and x.device.type == "cpu"
 
+
 ONEDNN_MIN_ROWS = 128  # stacked query rows from which the oneDNN form beat the flash kernel
 ONEDNN_ROW_CHUNK = 512  # rows scored at a time, so one head's score block stays in L2
 

@@ -139,14 +139,13 @@ def score(args: argparse.Namespace) -> None:
                                 stop=["</answer>"], include_stop_str_in_output=True)
         scorer = PointwiseJudge(engine, params=params, template=args.template)
         every_response = [item for item in todo for _ in item["responses"]]
-        with naming_items(args.input, every_response):  # all of them before any work starts
-            scorer.pointwise_prompts([(item["prompt"], r) for item in todo for r in item["responses"]],
-                                     [item.get("domain", args.domain) for item in every_response])
+        with naming_items(args.input, every_response):  # all of them checked before any work starts
+            prompts = iter(scorer.pointwise_prompts([(item["prompt"], r) for item in todo for r in item["responses"]],
+                                                    [item.get("domain", args.domain) for item in every_response]))
         for start in range(0, len(todo), args.batch):
             chunk = todo[start: start + args.batch]
-            pairs = [(item["prompt"], r) for item in chunk for r in item["responses"]]
-            domains = [item.get("domain", args.domain) for item in chunk for _ in item["responses"]]
-            results = iter(scorer.score_many(pairs, n=args.n, vote_method=args.vote, domain=domains, seed=args.seed))
+            chunk_prompts = [next(prompts) for item in chunk for _ in item["responses"]]
+            results = iter(scorer.score_prompts(chunk_prompts, n=args.n, vote_method=args.vote, seed=args.seed))
             for item in chunk:
                 mine = [next(results) for _ in item["responses"]]
                 writer.write({"id": item["id"], "scores": [r.score for r in mine],

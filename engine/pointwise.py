@@ -176,7 +176,12 @@ class PointwiseJudge:
                    domain: str | Sequence[str] = "chat", seed: int = 0) -> list[PointwiseScore]:
         """Score (prompt, response) pairs (domain: one for all or one per item); every rollout of
         every item runs in one batch."""
-        texts = self._rollouts(self.pointwise_prompts(items, domain), n, seed)
+        return self.score_prompts(self.pointwise_prompts(items, domain), n, vote_method, seed)
+
+    def score_prompts(self, prompts: Sequence[list[int]], n: int = 8, vote_method: str = "mean", seed: int = 0
+                      ) -> list[PointwiseScore]:
+        """score_many on judge prompts already built by pointwise_prompts."""
+        texts = self._rollouts(list(prompts), n, seed)
         results = []
         for rollouts in texts:
             parsed = [parse_pointwise(t) for t in rollouts]
