@@ -5,9 +5,12 @@ setup(
     version="0.1.0",
     description="A judging engine: LLM judges over many candidate answers, fast, and the trainer for them.",
     python_requires=">=3.10",
-    packages=["kojudge", "kojudge.kernels", "kojudge.train"],
+    packages=[
+        "kojudge", "kojudge.runtime", "kojudge.model", "kojudge.attention", "kojudge.judging",
+        "kojudge.app", "kojudge.demo", "kojudge.kernels", "kojudge.train", "kojudge.train.recipes",
+    ],
     package_dir={"kojudge": "engine", "kojudge.kernels": "kernels", "kojudge.train": "train"},
-    package_data={"kojudge": ["templates/*.md", "demo_judge/*"]},
+    package_data={"kojudge.judging": ["prompts/*.md"], "kojudge.demo": ["judge/*"]},
     install_requires=[
         "torch>=2.5",
         "triton>=3.0",
@@ -24,5 +27,5 @@ setup(
         "plots": ["matplotlib>=3.8"],
         "gpu": ["flashinfer-python>=0.2.0"],  # plan()/run() API; checked against 0.7.4's source
     },
-    entry_points={"console_scripts": ["kojudge=kojudge.cli:main"]},
+    entry_points={"console_scripts": ["kojudge=kojudge.app.cli:main"]},
 )

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import timed, write_result  # noqa: E402
 
 import kojudge  # noqa: E402
-from kojudge.tiny import make_tiny_model  # noqa: E402
+from kojudge.model.tiny import make_tiny_model  # noqa: E402
 
 BENCH_MODEL = dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1536,
                    vocab_size=2048)

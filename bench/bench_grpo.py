@@ -17,11 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, write_result  # noqa: E402
 
-from kojudge.tiny import make_tiny_model  # noqa: E402
+from kojudge.model.tiny import make_tiny_model  # noqa: E402
 from kojudge.train.config import GRPOConfig, SFTConfig  # noqa: E402
 from kojudge.train.grpo import train_grpo  # noqa: E402
 from kojudge.train.sft import train_sft  # noqa: E402
-from kojudge.train.toy import write_toy_task  # noqa: E402
+from kojudge.train.recipes.toy import write_toy_task  # noqa: E402
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_generate import BENCH_MODEL  # noqa: E402
 from common import write_result  # noqa: E402
 
-from kojudge.tiny import make_tiny_model  # noqa: E402
+from kojudge.model.tiny import make_tiny_model  # noqa: E402
 
 WORDS = "the answer step sum carry digit check each final compare score judge response question".split()
 

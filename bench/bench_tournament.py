@@ -27,7 +27,7 @@ from common import matmul_peaks, timed, write_result  # noqa: E402
 from workloads import first_round  # noqa: E402
 
 import kojudge  # noqa: E402
-from kojudge.tiny import make_tiny_model  # noqa: E402
+from kojudge.model.tiny import make_tiny_model  # noqa: E402
 
 
 def step_flops(config, tokens: int, context_per_token: float, with_lm_head: int) -> float:

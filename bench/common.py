@@ -40,7 +40,7 @@ def matmul_peaks(dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int
     by torch's matmul ("aten": MKL for float32) and by oneDNN on a packed weight ("onednn"). The
     machine's peak is the faster: on this project's AMD CPUs MKL reaches under half of what oneDNN
     does in float32, so its figure alone would flatter every fraction of the peak."""
-    from kojudge import onednn
+    from kojudge.kernels import onednn
 
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     products = {"aten": lambda: a @ b}

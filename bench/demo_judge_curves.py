@@ -1,4 +1,4 @@
-"""Training curves of the demo judge from the work directories of `python -m kojudge.train.demo_judge`.
+"""Training curves of the demo judge from the work directories of `python -m kojudge.train.recipes.demo_judge`.
 
     python bench/demo_judge_curves.py WORK_DIR[:SFT_STEPS] ...   # in training order
 

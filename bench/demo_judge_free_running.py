@@ -12,10 +12,10 @@ import re
 from collections import Counter
 
 import kojudge
-from kojudge.demo import held_out_set
-from kojudge.pairjudge import STOP, PairJudge, parse_verdict
-from kojudge.sampling import SamplingParams
-from kojudge.synthetic import disagreeing_pairs, reference_check
+from kojudge.demo.run import held_out_set
+from kojudge.judging.pairjudge import STOP, PairJudge, parse_verdict
+from kojudge.runtime.sampling import SamplingParams
+from kojudge.demo.synthetic import disagreeing_pairs, reference_check
 
 CELL = re.compile(r"\[[^\]]*\]")
 

@@ -15,7 +15,7 @@ from collections import Counter
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kojudge.train.demo_judge import judge_conversations
+from kojudge.train.recipes.demo_judge import judge_conversations
 
 CELL = re.compile(r"\[(\d)\|(\d)\|(\d):(\d)\]")
 

@@ -154,7 +154,7 @@ def engine_case(num_questions: int) -> dict:
 
     import kojudge
     from kojudge.kernels.dispatch import flashinfer_available
-    from kojudge.tiny import make_tiny_model
+    from kojudge.model.tiny import make_tiny_model
 
     backends = ["torch", "triton"] + (["flashinfer"] if flashinfer_available() else [])
     results: dict = {"num_questions": num_questions, "backends": {}}

@@ -18,9 +18,9 @@ FORMATS = [("knockout", False), ("knockout", True), ("swiss", False), ("round_ro
 
 
 def main() -> None:
-    from kojudge.demo import (SHIPPED_JUDGE, baseline_accuracy, cached_prompt_ratio, held_out_set, pick_accuracy,
+    from kojudge.demo.run import (SHIPPED_JUDGE, baseline_accuracy, cached_prompt_ratio, held_out_set, pick_accuracy,
                               pointwise_picks, run_demo, run_tournaments, verdict_accuracy)
-    from kojudge.engine import Engine
+    from kojudge.runtime.engine import Engine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--judge", default=str(SHIPPED_JUDGE))

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import kojudge
-from kojudge import onednn
-from kojudge.attention import (additive_mask, attention_with_lse, causal_attention_with_lse, merge_states,
+from kojudge.kernels import onednn
+from kojudge.attention.batch import (additive_mask, attention_with_lse, causal_attention_with_lse, merge_states,
                                partial_attention)
 from kojudge.kernels import chosen_logprobs
 
@@ -42,7 +42,7 @@ def test_logprobs_forward_backward(benchmark, logprob_inputs, backend):
 @pytest.mark.parametrize("path", ["aten", "onednn_packed"])
 def test_linear_float32(benchmark, rows, path):
     """The engine's largest linear layer (512 -> 3072) in float32: torch's F.linear (MKL) vs oneDNN on
-    the packed weight (kojudge.onednn), what the engine runs on CPU."""
+    the packed weight (kojudge.kernels.onednn), what the engine runs on CPU."""
     if path == "onednn_packed" and not onednn.available():
         pytest.skip("torch built without oneDNN")
     g = torch.Generator().manual_seed(2)

@@ -8,7 +8,7 @@ if shutil.which("nvidia-smi") is None:
 import pytest
 import torch
 
-from kojudge.tiny import make_tiny_model
+from kojudge.model.tiny import make_tiny_model
 
 # Where the kernel tests put their tensors: the real GPU when there is one, else the CPU interpreter.
 KERNEL_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

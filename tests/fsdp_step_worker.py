@@ -5,9 +5,9 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from kojudge.tokenizer import Tokenizer
+from kojudge.model.tokenizer import Tokenizer
 from kojudge.train.checkpoint import full_weights
-from kojudge.train.common import build_policy, make_optimizer
+from kojudge.train.loop import build_policy, make_optimizer
 from kojudge.train.data import load_sft, pack
 from kojudge.train.distributed import init_distributed
 from kojudge.train.sft import sft_step

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from kojudge.cli import main
-from kojudge.jobs import process_device
+from kojudge.app.cli import main
+from kojudge.app.jobs import process_device
 
 CANDIDATES = ["The sum is \\boxed{12}", "so \\boxed{13}", "\\boxed{12}", "answer: 11", "\\boxed{14}"]
 
@@ -22,7 +22,7 @@ def write_items(path, count):
 
 
 def judge_cmd(model, inp, out, *extra):
-    return [sys.executable, "-m", "kojudge.cli", "judge", "--model", str(model), "--input", str(inp),
+    return [sys.executable, "-m", "kojudge.app.cli", "judge", "--model", str(model), "--input", str(inp),
             "--output", str(out), "--max-tokens", "12", "--max-num-seqs", "2", *extra]
 
 
@@ -102,9 +102,9 @@ def test_torchrun_style_sharding_merges_in_input_order(tmp_path, model_dirs):
 
 
 def test_demo_runs_the_knockout_with_a_judge_directory(tmp_path):
-    from kojudge.demo import run_demo
-    from kojudge.tiny import make_tiny_model
-    from kojudge.train.demo_judge import write_templates
+    from kojudge.demo.run import run_demo
+    from kojudge.model.tiny import make_tiny_model
+    from kojudge.train.recipes.demo_judge import write_templates
 
     judge = make_tiny_model(tmp_path / "judge", "qwen2", char_tokenizer=True)
     write_templates(judge)
@@ -155,7 +155,7 @@ def test_a_prompt_too_long_for_the_judge_is_named_before_any_work(tmp_path, mode
 
 def test_the_shipped_demo_judge_judges_from_the_command_line(tmp_path):
     """Its compact template comes from its directory: with the built-in one its prompts would not fit."""
-    from kojudge.demo import SHIPPED_JUDGE
+    from kojudge.demo.run import SHIPPED_JUDGE
 
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": "a", "question": "What is 2 + 3?", "candidates": ["5", "6"]}) + "\n")

@@ -5,13 +5,13 @@ import pytest
 import torch
 
 import kojudge
-from kojudge.attention import CausalVarlenAttention
-from kojudge.config import load_config
-from kojudge.demo import SHIPPED_JUDGE
-from kojudge.model import Model
-from kojudge.pairjudge import STOP, PairJudge, parse_verdict
-from kojudge.synthetic import make_problem, sample_candidates
-from kojudge.weights import load_weights
+from kojudge.attention.batch import CausalVarlenAttention
+from kojudge.model.config import load_config
+from kojudge.demo.run import SHIPPED_JUDGE
+from kojudge.model.decoder import Model
+from kojudge.judging.pairjudge import STOP, PairJudge, parse_verdict
+from kojudge.demo.synthetic import make_problem, sample_candidates
+from kojudge.model.weights import load_weights
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_shipped_judge_greedy_judgments_match_transformers_and_parse(hf_judge, j
 
 
 def test_kojudge_demo_command_uses_the_shipped_judge(capsys):
-    from kojudge.cli import main
+    from kojudge.app.cli import main
 
     main(["demo", "--questions", "3", "--n", "4", "--pointwise-samples", "1"])
     printed = capsys.readouterr().out

@@ -4,7 +4,8 @@ import torch
 
 import kojudge
 from conftest import MODELS, hf_greedy, random_prompts
-from kojudge import SamplingParams, onednn
+from kojudge import SamplingParams
+from kojudge.kernels import onednn
 
 LENGTHS = [5, 17, 1, 33, 60, 3, 24]
 MAX_TOKENS = [32, 40, 33, 36, 32, 48, 34]  # prompts finish at different steps

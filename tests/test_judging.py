@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kojudge
-from kojudge.answers import answer_teams, answers_equivalent, extract_final_answer
-from kojudge.pairjudge import PairJudge, fill_template, load_template, parse_verdict
-from kojudge.pointwise import PointwiseJudge, vote
-from kojudge.tournament import Verdict
+from kojudge.judging.answers import answer_teams, answers_equivalent, extract_final_answer
+from kojudge.judging.pairjudge import PairJudge, fill_template, load_template, parse_verdict
+from kojudge.judging.pointwise import PointwiseJudge, vote
+from kojudge.judging.tournament import Verdict
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"reference data not found at {REFERENCE}")
@@ -194,7 +194,7 @@ def test_best_of_n_many_on_a_real_engine_uses_the_prefix_cache(model_dirs):
 
 
 def test_pointwise_judge_takes_a_template_file(tmp_path, engines):
-    from kojudge.pointwise import PointwiseJudge
+    from kojudge.judging.pointwise import PointwiseJudge
 
     engine = engines["qwen2-untied"]
     good, bad = tmp_path / "good.md", tmp_path / "bad.md"

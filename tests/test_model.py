@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from conftest import MODELS, random_prompts
-from kojudge.attention import CausalVarlenAttention, KVCache, PagedAttention
-from kojudge.config import load_config
-from kojudge.model import Model
-from kojudge.model_runner import ModelRunner
-from kojudge.sampling import SamplingParams
-from kojudge.sequence import Sequence
-from kojudge.tiny import make_tiny_model
-from kojudge.weights import hf_state_dict, load_weights
+from kojudge.attention.batch import CausalVarlenAttention, KVCache, PagedAttention
+from kojudge.model.config import load_config
+from kojudge.model.decoder import Model
+from kojudge.runtime.model_runner import ModelRunner
+from kojudge.runtime.sampling import SamplingParams
+from kojudge.runtime.sequence import Sequence
+from kojudge.model.tiny import make_tiny_model
+from kojudge.model.weights import hf_state_dict, load_weights
 
 LENGTHS = [5, 17, 1, 33, 16]
 

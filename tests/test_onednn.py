@@ -1,9 +1,9 @@
-"""oneDNN linear layers (kojudge.onednn) against torch's F.linear, forward and backward."""
+"""oneDNN linear layers (kojudge.kernels.onednn) against torch's F.linear, forward and backward."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kojudge import onednn
+from kojudge.kernels import onednn
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="torch built without oneDNN: nothing to test")
 

@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 import kojudge
 from conftest import KERNEL_DEVICE, hf_greedy, random_prompts
 from kojudge import SamplingParams
-from kojudge import attention
-from kojudge.attention import (KVCache, PagedAttention, additive_mask, attention_with_lse, causal_attention_with_lse,
+from kojudge.attention import batch as attention
+from kojudge.attention.batch import (KVCache, PagedAttention, additive_mask, attention_with_lse, causal_attention_with_lse,
                                merge_states, partial_attention)
-from kojudge.block_manager import BlockPool
-from kojudge.model_runner import ModelRunner
-from kojudge.sequence import Sequence
+from kojudge.runtime.prefix_cache import BlockPool
+from kojudge.runtime.model_runner import ModelRunner
+from kojudge.runtime.sequence import Sequence
 
 
 def tournament_prompts(num_questions=2, matches=3, template=40, question=9, seed=0):
@@ -299,7 +299,7 @@ def test_flashinfer_backend_on_cuda_agrees_with_triton(tmp_path):
     """The real package (gpu extra) on a GPU, bfloat16: first greedy tokens and their log-probs agree
     with the Triton backend's up to bfloat16 rounding."""
     pytest.importorskip("flashinfer", reason="the gpu extra (flashinfer-python) is not installed")
-    from kojudge.tiny import make_tiny_model
+    from kojudge.model.tiny import make_tiny_model
 
     # head_dim 64: flashinfer's kernels are built for 64, 128 and 256, not the 16 of the shared tiny models
     path = make_tiny_model(tmp_path / "hd64", "qwen2", hidden_size=256, num_heads=4, num_kv_heads=2,

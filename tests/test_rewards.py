@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kojudge.judgment_format import parse_pairwise_choice, parse_pointwise
+from kojudge.judging.parsers import parse_pairwise_choice, parse_pointwise
 from kojudge.train.grpo import group_advantages
 from kojudge.train.rewards import format_reward, par_rewards
 

@@ -5,8 +5,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kojudge.answers import extract_final_answer
-from kojudge.synthetic import Problem, Slip, make_problem, sample_candidates, worked_solution
+from kojudge.judging.answers import extract_final_answer
+from kojudge.demo.synthetic import Problem, Slip, make_problem, sample_candidates, worked_solution
 
 
 @settings(max_examples=200, deadline=None)
@@ -48,8 +48,8 @@ def test_candidates_are_deterministic_for_a_seed():
 
 
 def test_judgments_recompute_in_their_own_form_and_parse_to_the_truth():
-    from kojudge.pairjudge import parse_verdict
-    from kojudge.synthetic import judgment, reference_check
+    from kojudge.judging.pairjudge import parse_verdict
+    from kojudge.demo.synthetic import judgment, reference_check
 
     rng = random.Random(5)
     for _ in range(50):
@@ -65,7 +65,7 @@ def test_char_tokenizer_is_one_token_per_character_in_kojudge_and_transformers(t
     from transformers import AutoTokenizer
 
     import kojudge
-    from kojudge.tiny import make_tiny_model
+    from kojudge.model.tiny import make_tiny_model
 
     path = make_tiny_model(tmp_path / "m", "qwen2", char_tokenizer=True)
     ours, hf = kojudge.Engine(path).tokenizer, AutoTokenizer.from_pretrained(path)
@@ -75,8 +75,8 @@ def test_char_tokenizer_is_one_token_per_character_in_kojudge_and_transformers(t
 
 
 def test_demo_judge_data_pairs_different_answers_with_true_verdicts():
-    from kojudge.pairjudge import parse_verdict
-    from kojudge.train.demo_judge import judge_conversations
+    from kojudge.judging.pairjudge import parse_verdict
+    from kojudge.train.recipes.demo_judge import judge_conversations
 
     conversations = judge_conversations(40, seed=1)
     truths = []
@@ -91,9 +91,9 @@ def test_demo_judge_data_pairs_different_answers_with_true_verdicts():
 
 
 def test_pointwise_judgments_score_right_answers_ten_and_wrong_ones_low():
-    from kojudge.judgment_format import parse_pointwise
-    from kojudge.synthetic import pointwise_judgment, pointwise_score
-    from kojudge.train.demo_judge import pointwise_conversations
+    from kojudge.judging.parsers import parse_pointwise
+    from kojudge.demo.synthetic import pointwise_judgment, pointwise_score
+    from kojudge.train.recipes.demo_judge import pointwise_conversations
 
     rng = random.Random(2)
     for _ in range(50):
@@ -107,8 +107,8 @@ def test_pointwise_judgments_score_right_answers_ten_and_wrong_ones_low():
 
 
 def test_preference_pairs_put_a_right_candidate_against_a_wrong_one():
-    from kojudge.answers import extract_final_answer
-    from kojudge.train.demo_judge import preference_pairs
+    from kojudge.judging.answers import extract_final_answer
+    from kojudge.train.recipes.demo_judge import preference_pairs
 
     pairs = preference_pairs(30, seed=4)
     assert len({p["id"] for p in pairs}) == 30
@@ -118,8 +118,8 @@ def test_preference_pairs_put_a_right_candidate_against_a_wrong_one():
 
 
 def test_check_curriculum_answers_the_bare_question_with_the_check_or_compares_digits():
-    from kojudge.synthetic import compare_digits, reference_check
-    from kojudge.train.demo_judge import check_conversations, judge_conversations
+    from kojudge.demo.synthetic import compare_digits, reference_check
+    from kojudge.train.recipes.demo_judge import check_conversations, judge_conversations
 
     assert all(user["content"].startswith("What is ") for user, _ in check_conversations(40, seed=5))
     kinds = set()
@@ -143,8 +143,8 @@ def test_check_curriculum_answers_the_bare_question_with_the_check_or_compares_d
 def test_far_off_responses_are_wrong_on_many_digits_and_judged_so():
     import re
 
-    from kojudge.answers import extract_final_answer
-    from kojudge.train.demo_judge import judge_conversations
+    from kojudge.judging.answers import extract_final_answer
+    from kojudge.train.recipes.demo_judge import judge_conversations
 
     def digits_off(line: str) -> int:
         return line.removeprefix("A ").removeprefix("B ").count("x")
@@ -175,7 +175,7 @@ def test_judge_sft_data_mixes_pairwise_pointwise_and_comparison_rehearsal():
     import argparse
     import re
 
-    from kojudge.train.demo_judge import POINTWISE_FRACTION, REHEARSAL_FRACTION, _judge_sft_data
+    from kojudge.train.recipes.demo_judge import POINTWISE_FRACTION, REHEARSAL_FRACTION, _judge_sft_data
 
     data = _judge_sft_data(argparse.Namespace(examples=200, seed=0, answer_only=0.5, far_off=0.3))
     kinds = Counter("pairwise" if c[0]["role"] == "system" else

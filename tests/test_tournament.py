@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kojudge
-from kojudge.tournament import Verdict
+from kojudge.judging.tournament import Verdict
 
 # A field: per candidate (correct?, team). Correct candidates share the team "right".
 fields = st.lists(st.tuples(st.booleans(), st.integers(0, 3)), min_size=1, max_size=40).map(

@@ -79,9 +79,9 @@ def free_port() -> int:
 def test_two_process_fsdp_step_equals_single_process(tmp_path, sft_setup):
     from safetensors.torch import load_file
 
-    from kojudge.tokenizer import Tokenizer
+    from kojudge.model.tokenizer import Tokenizer
     from kojudge.train.checkpoint import full_weights
-    from kojudge.train.common import build_policy, make_optimizer
+    from kojudge.train.loop import build_policy, make_optimizer
     from kojudge.train.data import load_sft, pack
     from kojudge.train.sft import sft_step
 
@@ -108,8 +108,8 @@ def test_two_process_fsdp_step_equals_single_process(tmp_path, sft_setup):
 def test_token_logprobs_padding_changes_nothing(sft_setup):
     """The training module pads packed batches to a multiple of SHAPE_MULTIPLE tokens (a leak fix); the
     log-probs and gradients of the real tokens must be those of the unpadded batch."""
-    from kojudge.attention import CausalVarlenAttention
-    from kojudge.train.common import build_policy
+    from kojudge.attention.batch import CausalVarlenAttention
+    from kojudge.train.loop import build_policy
     from kojudge.train.distributed import SHAPE_MULTIPLE
 
     module = build_policy(sft_setup[0], 1, "float32")
@@ -171,7 +171,7 @@ def _json(tmp_path):
 
 
 def test_bad_sft_data_names_the_line(tmp_path, model_dirs):
-    from kojudge.tokenizer import Tokenizer
+    from kojudge.model.tokenizer import Tokenizer
     from kojudge.train.data import load_sft
 
     path = tmp_path / "bad.jsonl"
@@ -184,10 +184,10 @@ def test_bad_sft_data_names_the_line(tmp_path, model_dirs):
 def test_grpo_par_raises_the_par_reward_of_a_tiny_judge(tmp_path):
     """SFT teaches the judgment format with scores unrelated to the response; GRPO-PAR then has to
     teach the judge to score the right sum above the slip."""
-    from kojudge.tiny import make_tiny_model
+    from kojudge.model.tiny import make_tiny_model
     from kojudge.train.config import GRPOConfig
     from kojudge.train.grpo import train_grpo
-    from kojudge.train.toy import write_toy_task
+    from kojudge.train.recipes.toy import write_toy_task
 
     model = make_tiny_model(tmp_path / "model", "qwen2", hidden_size=128, num_layers=2)
     pairs, sft = write_toy_task(tmp_path / "task", num_pairs=16)
@@ -207,10 +207,10 @@ def test_grpo_par_raises_the_par_reward_of_a_tiny_judge(tmp_path):
 def test_grpo_runs_on_cuda(tmp_path):
     """Policy, KL reference and rollout engine on the GPU: steps complete with finite losses, and the
     exported model loads in the CPU engine."""
-    from kojudge.tiny import make_tiny_model
+    from kojudge.model.tiny import make_tiny_model
     from kojudge.train.config import GRPOConfig
     from kojudge.train.grpo import train_grpo
-    from kojudge.train.toy import write_toy_task
+    from kojudge.train.recipes.toy import write_toy_task
 
     model = make_tiny_model(tmp_path / "model", "qwen2", hidden_size=128, num_layers=2)
     pairs, _ = write_toy_task(tmp_path / "task", num_pairs=8)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from kojudge.jobs import iter_jsonl
+from kojudge.app.jobs import iter_jsonl
 
 IGNORE = -100
 

@@ -8,9 +8,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from kojudge.attention import CausalVarlenAttention
+from kojudge.attention.batch import CausalVarlenAttention
 from kojudge.kernels import chosen_logprobs
-from kojudge.model import Model
+from kojudge.model.decoder import Model
 
 # Packed batches are padded to a multiple of this many tokens. CPU bf16 matmuls run on oneDNN, which
 # builds and keeps kernels per input shape: batches of ever-new lengths grew an SFT process by ~25 MB a
@@ -20,7 +20,7 @@ SHAPE_MULTIPLE = 256
 
 def training_device(device: str) -> torch.device:
     """The configured device as this process's own: a bare 'cuda' is cuda:LOCAL_RANK under torchrun."""
-    from kojudge.jobs import process_device
+    from kojudge.app.jobs import process_device
 
     try:
         resolved = torch.device(process_device(device))

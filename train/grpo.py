@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from kojudge.judgment_format import parse_pointwise
+from kojudge.judging.parsers import parse_pointwise
 from kojudge.train.config import GRPOConfig
 from kojudge.train.rewards import par_rewards
 
@@ -74,7 +74,7 @@ def score_pairs(chosen: list[Rollout], rejected: list[Rollout], par: str) -> Non
 
 def collect_rollouts(engine, scorer, pairs, cfg: GRPOConfig, seed: int) -> list[Rollout]:
     """n judge rollouts for each side of each pair, all in one engine batch; rewards filled in."""
-    from kojudge.sampling import SamplingParams
+    from kojudge.runtime.sampling import SamplingParams
 
     prompts, groups = [], []
     for p_index, pair in enumerate(pairs):
@@ -113,9 +113,9 @@ def _pack_rollouts(rollouts: list[Rollout]):
 
 def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
     """Runs (or resumes) GRPO-PAR; returns the metrics records written by this call."""
-    from kojudge.engine import Engine
-    from kojudge.pointwise import PointwiseJudge
-    from kojudge.train.common import (MetricsLog, apply_update, build_policy, checkpoint, compute_context, finish_step,
+    from kojudge.runtime.engine import Engine
+    from kojudge.judging.pointwise import PointwiseJudge
+    from kojudge.train.loop import (MetricsLog, apply_update, build_policy, checkpoint, compute_context, finish_step,
                                       learning_rate, make_optimizer, resume)
     from kojudge.train.checkpoint import full_weights
     from kojudge.train.data import load_pairs, pair_batches

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from kojudge.judgment_format import parse_pointwise
+from kojudge.judging.parsers import parse_pointwise
 
 Score = float | None  # None: the rollout's score could not be parsed
 

@@ -5,8 +5,8 @@ import time
 
 import torch
 
-from kojudge.tokenizer import Tokenizer
-from kojudge.train.common import (MetricsLog, apply_update, build_policy, checkpoint, compute_context, finish_step,
+from kojudge.model.tokenizer import Tokenizer
+from kojudge.train.loop import (MetricsLog, apply_update, build_policy, checkpoint, compute_context, finish_step,
                                   learning_rate, make_optimizer, resume)
 from kojudge.train.config import SFTConfig
 from kojudge.train.data import IGNORE, PackedBatch, load_sft, pack, sft_batches

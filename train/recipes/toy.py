@@ -15,7 +15,7 @@ JUDGMENT = "<think>check</think><generate_rubrics>sum</generate_rubrics><eval>ok
 
 def write_toy_task(root: str | Path, num_pairs: int = 16, seed: int = 0) -> tuple[Path, Path]:
     """Writes pairs.jsonl (preference pairs) and sft.jsonl (format-only judgments) under root."""
-    from kojudge.pointwise import PRIMARY_RUBRICS, pointwise_text
+    from kojudge.judging.pointwise import PRIMARY_RUBRICS, pointwise_text
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import deque
 from itertools import islice
 
-from kojudge.block_manager import ROOT, BlockPool
-from kojudge.sequence import Sequence, Status
+from kojudge.runtime.prefix_cache import ROOT, BlockPool
+from kojudge.runtime.sequence import Sequence, Status
 
 
 class Scheduler:

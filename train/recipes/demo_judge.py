@@ -1,7 +1,7 @@
 """Builds the small demo judge: a Qwen2-shaped model with a byte-level tokenizer, trained with our
-own trainer on the synthetic addition task (kojudge.synthetic), in up to three stages.
+own trainer on the synthetic addition task (kojudge.demo.synthetic), in up to three stages.
 
-    python -m kojudge.train.demo_judge --out engine/demo_judge --compare-steps 2400 --sft-steps 1000 --grpo-steps 40
+    python -m kojudge.train.recipes.demo_judge --out engine/demo_judge --compare-steps 2400 --sft-steps 1000 --grpo-steps 40
 
 (the shipped judge's recipe, ~45 minutes on 2 cores).
 
@@ -25,9 +25,9 @@ import random
 import shutil
 from pathlib import Path
 
-from kojudge.judgment_format import fill_placeholders
-from kojudge.pairjudge import SYSTEM_PROMPT
-from kojudge.synthetic import (Candidate, Problem, compare_digits, disagreeing_pairs, judgment, make_problem,
+from kojudge.judging.parsers import fill_placeholders
+from kojudge.judging.pairjudge import SYSTEM_PROMPT
+from kojudge.demo.synthetic import (Candidate, Problem, compare_digits, disagreeing_pairs, judgment, make_problem,
                                pointwise_judgment, reference_check, sample_candidates, worked_solution)
 
 # The question comes last, right before the judgment, as in the check stage's prompts (the question
@@ -176,7 +176,7 @@ def _judge_sft_data(args: argparse.Namespace) -> list[list[dict[str, str]]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from kojudge.tiny import make_tiny_model
+    from kojudge.model.tiny import make_tiny_model
     from kojudge.train.config import GRPOConfig, SFTConfig
     from kojudge.train.grpo import train_grpo
     from kojudge.train.sft import train_sft

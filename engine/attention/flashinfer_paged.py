@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kojudge.attention import KeyRuns, KVCache, PagedBatch
+from kojudge.attention.batch import KeyRuns, KVCache, PagedBatch
 
 WORKSPACE_BYTES = 128 * 2**20  # flashinfer's recommended scratch size for split-KV partial results
 

@@ -13,11 +13,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from kojudge.answers import answer_teams
-from kojudge.engine import Engine, PromptTooLong
-from kojudge.judgment_format import check_placeholders, fill_placeholders, judge_directory_template, read_template
-from kojudge.sampling import SamplingParams
-from kojudge.tournament import FORMATS, TournamentResult, Verdict
+from kojudge.judging.answers import answer_teams
+from kojudge.runtime.engine import Engine, PromptTooLong
+from kojudge.judging.parsers import check_placeholders, fill_placeholders, judge_directory_template, read_template
+from kojudge.runtime.sampling import SamplingParams
+from kojudge.judging.tournament import FORMATS, TournamentResult, Verdict
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 PLACEHOLDERS = ("question", "response_a", "response_b")
@@ -30,7 +30,7 @@ STOP = "</resp_b_judge>"
 def load_template(path: str | Path | None = None) -> str:
     """The shipped default template, or one from a file; every placeholder must be present."""
     if path is None:
-        text = resources.files("kojudge").joinpath("templates/pairjudge.md").read_text()
+        text = resources.files("kojudge.judging").joinpath("prompts/pairjudge.md").read_text()
         return check_placeholders(text, PLACEHOLDERS, "default template")
     return read_template(path, PLACEHOLDERS)
 

@@ -6,8 +6,8 @@ from enum import Enum
 
 import torch
 
-from kojudge.sampling import SamplingParams
-from kojudge.tokenizer import Detokenizer
+from kojudge.runtime.sampling import SamplingParams
+from kojudge.model.tokenizer import Detokenizer
 
 
 class Status(Enum):

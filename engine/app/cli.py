@@ -10,7 +10,7 @@ import time
 def demo(args: argparse.Namespace) -> None:
     """Best-of-N with the shipped (or given) judge on held-out synthetic questions; without a judge,
     a generation smoke run on a tiny random model."""
-    from kojudge.demo import SHIPPED_JUDGE, run_demo
+    from kojudge.demo.run import SHIPPED_JUDGE, run_demo
 
     judge = args.judge or (SHIPPED_JUDGE if (SHIPPED_JUDGE / "judge_template.md").exists() else None)
     if judge is not None:
@@ -24,7 +24,7 @@ def demo(args: argparse.Namespace) -> None:
 def smoke(args: argparse.Namespace) -> None:
     """Make a tiny random model, generate a batch with continuous batching, print stats."""
     from kojudge import Engine, SamplingParams
-    from kojudge.tiny import make_tiny_model
+    from kojudge.model.tiny import make_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_tiny_model(tmp, "qwen2", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -45,7 +45,7 @@ def smoke(args: argparse.Namespace) -> None:
 
 def _engine(args: argparse.Namespace):
     from kojudge import Engine
-    from kojudge.jobs import process_device
+    from kojudge.app.jobs import process_device
 
     return Engine(args.model, dtype=args.dtype, device=process_device(args.device), max_num_seqs=args.max_num_seqs,
                   max_num_batched_tokens=args.max_batched_tokens, attention_backend=args.attention_backend)
@@ -58,7 +58,7 @@ def _run_sharded(args: argparse.Namespace, items: list[dict], process) -> None:
 
     from tqdm import tqdm
 
-    from kojudge.jobs import ResultWriter, finished_ids, merge_shards, rank_and_world, shard_path
+    from kojudge.app.jobs import ResultWriter, finished_ids, merge_shards, rank_and_world, shard_path
 
     rank, world = rank_and_world()
     output = Path(args.output)
@@ -93,8 +93,8 @@ def naming_items(path: str, items: list[dict]):
 def judge(args: argparse.Namespace) -> None:
     """Best-of-N by a pairwise judge over a JSONL of {id, question, candidates}."""
     from kojudge import SamplingParams
-    from kojudge.jobs import read_jsonl
-    from kojudge.pairjudge import STOP, PairJudge
+    from kojudge.app.jobs import read_jsonl
+    from kojudge.judging.pairjudge import STOP, PairJudge
 
     items = read_jsonl(args.input, {"question": str, "candidates": list})
 
@@ -124,8 +124,8 @@ def judge(args: argparse.Namespace) -> None:
 def score(args: argparse.Namespace) -> None:
     """Pointwise rubric scores over a JSONL of {id, prompt, response | responses, [domain]}."""
     from kojudge import SamplingParams
-    from kojudge.jobs import read_jsonl
-    from kojudge.pointwise import PointwiseJudge
+    from kojudge.app.jobs import read_jsonl
+    from kojudge.judging.pointwise import PointwiseJudge
 
     items = read_jsonl(args.input, {"prompt": str})
     for item in items:
@@ -173,7 +173,7 @@ def bench(args: argparse.Namespace) -> None:
     import sys
     from pathlib import Path
 
-    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    bench_dir = Path(__file__).resolve().parents[2] / "bench"
     if not (bench_dir / "report.py").exists():
         raise FileNotFoundError(f"{bench_dir}: kojudge bench runs the scripts of a source checkout's bench/ folder")
     unknown = sorted(set(args.only or []) - set(BENCHMARKS))

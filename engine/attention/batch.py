@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kojudge import onednn
+from kojudge.kernels import onednn
 
 
 class KVCache:

@@ -8,8 +8,8 @@ from typing import Iterator
 import torch
 from safetensors import SafetensorError, safe_open
 
-from kojudge.config import ModelConfig
-from kojudge.model import Model
+from kojudge.model.config import ModelConfig
+from kojudge.model.decoder import Model
 
 
 def hf_sources(config: ModelConfig) -> Iterator[tuple[str, list[tuple[str, int]]]]:

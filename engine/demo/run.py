@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HELD_OUT_SEED = 10_000  # training data uses other seeds
-SHIPPED_JUDGE = Path(__file__).parent / "demo_judge"
+SHIPPED_JUDGE = Path(__file__).parent / "judge"
 
 
 @dataclass
@@ -38,7 +38,7 @@ class DemoReport:
 
 def held_out_set(questions: int, n: int, seed: int = 0):
     """Problems and their n candidates from a seed space the judge never trained on."""
-    from kojudge.synthetic import make_problem, sample_candidates
+    from kojudge.demo.synthetic import make_problem, sample_candidates
 
     rng = random.Random(HELD_OUT_SEED + seed)
     problems = [make_problem(rng) for _ in range(questions)]
@@ -48,8 +48,8 @@ def held_out_set(questions: int, n: int, seed: int = 0):
 def run_tournaments(engine, judge_dir: str | Path, problems, candidates, *, format: str = "knockout",
                     both_orders: bool = False, max_tokens: int = 400, seed: int = 0, bar=None) -> list:
     """One PairJudge tournament per question, all questions' matches batched in the engine."""
-    from kojudge.pairjudge import STOP, PairJudge
-    from kojudge.sampling import SamplingParams
+    from kojudge.judging.pairjudge import STOP, PairJudge
+    from kojudge.runtime.sampling import SamplingParams
 
     judge = PairJudge(engine, template=Path(judge_dir) / "judge_template.md", format=format, both_orders=both_orders,
                       params=SamplingParams(max_tokens=max_tokens, stop=[STOP], include_stop_str_in_output=True))
@@ -89,7 +89,7 @@ def baseline_accuracy(problems, candidates, seed: int = 0) -> dict[str, float]:
 
 def run_demo(judge_dir: str | Path, questions: int = 200, n: int = 8, seed: int = 0, dtype: str = "float32",
              max_tokens: int = 400, pointwise_samples: int = 4, progress: bool = True) -> DemoReport:
-    from kojudge.engine import Engine
+    from kojudge.runtime.engine import Engine
 
     judge_dir = Path(judge_dir)
     problems, candidates = held_out_set(questions, n, seed)
@@ -123,8 +123,8 @@ def pointwise_picks(engine, judge_dir: str | Path, problems, candidates, samples
                      seed: int) -> list[int]:
     """Per question, the candidate with the highest mean pointwise score (unparseable rollouts count
     as 0; ties go to the earliest). Identical candidates are scored once."""
-    from kojudge.pointwise import PointwiseJudge
-    from kojudge.sampling import SamplingParams
+    from kojudge.judging.pointwise import PointwiseJudge
+    from kojudge.runtime.sampling import SamplingParams
 
     scorer = PointwiseJudge(engine, template=Path(judge_dir) / "pointwise_template.md",
                             params=SamplingParams(max_tokens=max_tokens, temperature=1.0, stop=["</answer>"],

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kojudge import onednn
-from kojudge.config import ModelConfig
+from kojudge.kernels import onednn
+from kojudge.model.config import ModelConfig
 
 
 class Attention(Protocol):
@@ -23,7 +23,7 @@ class Attention(Protocol):
 
 
 class Linear(nn.Linear):
-    """nn.Linear on oneDNN where it applies (kojudge.onednn): on a packed copy of the weight once
+    """nn.Linear on oneDNN where it applies (kojudge.kernels.onednn): on a packed copy of the weight once
     `Model.pack_weights` made one (CPU inference), else on the dense weight (training)."""
 
     packed: torch.Tensor | None = None

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from kojudge.attention import (DecodeWorkspace, KVCache, PagedAttention, PagedBatch, PrefillSpan, SharedPrefix,
+from kojudge.attention.batch import (DecodeWorkspace, KVCache, PagedAttention, PagedBatch, PrefillSpan, SharedPrefix,
                                TritonPagedAttention, WorkspaceStep, as_range)
-from kojudge.model import Model
-from kojudge.sequence import Sequence
+from kojudge.model.decoder import Model
+from kojudge.runtime.sequence import Sequence
 
 
 def _key_mask(counts: torch.Tensor, length: int) -> torch.Tensor | None:
@@ -23,7 +23,7 @@ class ModelRunner:
                  backend: str = "torch", workspace_bytes: int | None = None):
         self.model, self.cache, self.device, self.cascade = model, cache, device, cascade
         if backend == "flashinfer":
-            from kojudge.attention_flashinfer import FlashInferAttention
+            from kojudge.attention.flashinfer_paged import FlashInferAttention
 
             self.attention = FlashInferAttention(device)
         else:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from kojudge.config import load_config
-from kojudge.model import Model
+from kojudge.model.config import load_config
+from kojudge.model.decoder import Model
 from kojudge.train.checkpoint import full_weights, latest_state, load_state, save_hf, save_state
 from kojudge.train.distributed import TokenLogprobs, shard
-from kojudge.weights import load_weights
+from kojudge.model.weights import load_weights
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from kojudge.engine import Engine, PromptTooLong
-from kojudge.judgment_format import (fill_placeholders, judge_directory_template, parse_pairwise_choice, parse_pointwise,
+from kojudge.runtime.engine import Engine, PromptTooLong
+from kojudge.judging.parsers import (fill_placeholders, judge_directory_template, parse_pairwise_choice, parse_pointwise,
                                     read_template)
-from kojudge.sampling import SamplingParams
+from kojudge.runtime.sampling import SamplingParams
 
 # Our own wording of the primary criteria and score bands for each domain.
 PRIMARY_RUBRICS: dict[str, str] = {

@@ -6,18 +6,18 @@ from typing import Iterable, Sequence as Seq
 
 import torch
 
-from kojudge import onednn
-from kojudge.attention import KVCache
-from kojudge.block_manager import BlockPool
-from kojudge.config import load_config
+from kojudge.kernels import onednn
+from kojudge.attention.batch import KVCache
+from kojudge.runtime.prefix_cache import BlockPool
+from kojudge.model.config import load_config
 from kojudge.kernels.dispatch import choose_backend
-from kojudge.model import Model
-from kojudge.model_runner import ModelRunner
-from kojudge.sampling import SamplingParams, sample
-from kojudge.scheduler import Scheduler
-from kojudge.sequence import RequestOutput, Sequence, Status
-from kojudge.tokenizer import Detokenizer, Tokenizer
-from kojudge.weights import load_weights
+from kojudge.model.decoder import Model
+from kojudge.runtime.model_runner import ModelRunner
+from kojudge.runtime.sampling import SamplingParams, sample
+from kojudge.runtime.scheduler import Scheduler
+from kojudge.runtime.sequence import RequestOutput, Sequence, Status
+from kojudge.model.tokenizer import Detokenizer, Tokenizer
+from kojudge.model.weights import load_weights
 
 
 class PromptTooLong(ValueError):
@@ -39,7 +39,7 @@ class Engine:
     `kv_cache_blocks` sizes the pool directly (tests force preemption with it); otherwise
     `kv_cache_gib` of memory is used, capped at what `max_num_seqs` full-length sequences need; the
     torch backend's decode workspace (ModelRunner) may take up to as much again while decoding.
-    `pack_weights` runs the linear layers on oneDNN-packed weights (kojudge.onednn: 2.4x MKL's
+    `pack_weights` runs the linear layers on oneDNN-packed weights (kojudge.kernels.onednn: 2.4x MKL's
     float32 matmul here); by default on wherever it applies (CPU, float32 or bfloat16).
     """
 

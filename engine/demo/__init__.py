@@ -1,0 +1,1 @@
+"""The synthetic addition task, `kojudge demo` and the small judge shipped as package data."""

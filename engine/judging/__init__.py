@@ -1,0 +1,1 @@
+"""The judging protocols: pairwise tournaments (PairJudge) and pointwise rubric scoring (PaTaRM)."""

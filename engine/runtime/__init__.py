@@ -1,0 +1,1 @@
+"""The LLM runtime: requests in, continuous batching over a paged, prefix-cached KV pool, outputs out."""
