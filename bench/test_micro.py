@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import kojudge
 from kojudge.kernels import onednn
-from kojudge.attention.batch import (additive_mask, attention_with_lse, causal_attention_with_lse, merge_states,
+from kojudge.kernels.cpu_attention import (additive_mask, attention_with_lse, causal_attention_with_lse, merge_states,
                                partial_attention)
 from kojudge.kernels import chosen_logprobs
 

@@ -16,13 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
+from kojudge.kernels.cpu_attention import merge_states as merge_state_reference
+from kojudge.kernels.cpu_attention import store_kv as store_kv_reference
+
 # ---- references -------------------------------------------------------------------------------------
-
-
-def store_kv_reference(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                       slots: torch.Tensor) -> None:
-    k_cache.index_copy_(1, slots, k.transpose(0, 1))
-    v_cache.index_copy_(1, slots, v.transpose(0, 1))
 
 
 def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_start: torch.Tensor,
@@ -48,13 +45,6 @@ def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         lse[start:end] = torch.logsumexp(scores, -1).transpose(0, 1)
         out[start:end] = (scores.softmax(-1) @ v).transpose(0, 1).to(q.dtype)
     return out, lse
-
-
-def merge_state_reference(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    lse = torch.logaddexp(lse_a, lse_b)
-    out = out_a.float() * torch.exp(lse_a - lse)[..., None] + out_b.float() * torch.exp(lse_b - lse)[..., None]
-    return out.to(out_a.dtype), lse
 
 
 # ---- Triton -------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import kojudge
-from kojudge.attention.batch import CausalVarlenAttention
+from kojudge.attention.varlen import CausalVarlenAttention
 from kojudge.model.config import load_config
 from kojudge.demo.run import SHIPPED_JUDGE
 from kojudge.model.decoder import Model

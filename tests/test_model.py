@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from conftest import MODELS, random_prompts
-from kojudge.attention.batch import CausalVarlenAttention, KVCache, PagedAttention
+from kojudge.attention.batch import KVCache
+from kojudge.attention.torch_paged import PagedAttention
+from kojudge.attention.varlen import CausalVarlenAttention
 from kojudge.model.config import load_config
 from kojudge.model.decoder import Model
-from kojudge.runtime.model_runner import ModelRunner
+from kojudge.runtime.model_runner import ModelRunner, packing_order
 from kojudge.runtime.sampling import SamplingParams
 from kojudge.runtime.sequence import Sequence
 from kojudge.model.tiny import make_tiny_model
@@ -63,7 +65,7 @@ def test_paged_chunked_logits_match_transformers(name, model_dirs, hf_models):
         ids, pos, batch = runner.build(work)
         with torch.no_grad():
             logits = model.logits(model(ids, pos, PagedAttention(cache, batch)))
-        order = [work[i] for i in runner.packing_order(work)]
+        order = [work[i] for i in packing_order(work)]
         row = 0
         for s, n in order:
             got[s.request_id].append(logits[row: row + n])

@@ -9,11 +9,14 @@ from hypothesis import strategies as st
 import kojudge
 from conftest import KERNEL_DEVICE, hf_greedy, random_prompts
 from kojudge import SamplingParams
-from kojudge.attention import batch as attention
-from kojudge.attention.batch import (KVCache, PagedAttention, additive_mask, attention_with_lse, causal_attention_with_lse,
-                               merge_states, partial_attention)
-from kojudge.runtime.prefix_cache import BlockPool
-from kojudge.runtime.model_runner import ModelRunner
+from kojudge.attention import torch_paged
+from kojudge.attention.batch import KVCache
+from kojudge.attention.torch_paged import PagedAttention
+from kojudge.attention.workspace import DecodeWorkspace
+from kojudge.kernels.cpu_attention import (additive_mask, attention_with_lse, causal_attention_with_lse,
+                                           merge_states, partial_attention)
+from kojudge.runtime.model_runner import ModelRunner, shared_prefixes
+from kojudge.runtime.prefix_cache import PrefixCache
 from kojudge.runtime.sequence import Sequence
 
 
@@ -36,39 +39,62 @@ def two_template_prompts(matches=4):
     return [p for pair in two for p in pair]
 
 
-# ---- block pool -------------------------------------------------------------------------------------
+# ---- prefix cache -----------------------------------------------------------------------------------
 
-def test_block_pool_matches_full_blocks_and_evicts_lru():
-    pool = BlockPool(num_blocks=4, block_size=2)
-    a = [pool.allocate() for _ in range(2)]
-    node = pool.register(a[0], 0, [1, 2])
-    pool.register(a[1], node, [3, 4])
-    assert pool.match_prefix([1, 2, 3, 4, 5], 5) == a
-    assert pool.match_prefix([1, 2, 3, 9], 4) == a[:1]
-    assert pool.match_prefix([1, 2, 3, 4], 3) == a[:1]  # limited to whole blocks within max_tokens
-    pool.release(a)  # cached, unreferenced: evictable, tail first
-    assert pool.num_free == 4
-    fresh = [pool.allocate() for _ in range(3)]  # two never-used blocks, then the LRU cached one: the tail
+def filled_sequence(cache, token_ids, request_id=0):
+    """A sequence admitted with no cached blocks, given fresh blocks for all of its tokens, computed
+    and published."""
+    seq = Sequence(request_id, None, token_ids, SamplingParams(), None)
+    cache.admit(seq, [])
+    seq.block_table = cache.allocate(cache.blocks_for(len(token_ids)))
+    seq.num_computed = len(token_ids)
+    cache.publish(seq)
+    return seq
+
+
+def test_prefix_cache_matches_full_blocks_and_evicts_lru():
+    cache = PrefixCache(num_blocks=4, block_size=2)
+    seq = filled_sequence(cache, [1, 2, 3, 4])
+    a = list(seq.block_table)
+    assert cache.match([1, 2, 3, 4, 5], 5) == a
+    assert cache.match([1, 2, 3, 9], 4) == a[:1]
+    assert cache.match([1, 2, 3, 4], 3) == a[:1]  # limited to whole blocks within max_tokens
+    cache.release(seq)  # cached, unreferenced: evictable, tail first
+    assert cache.num_free == 4 and seq.block_table == []
+    fresh = cache.allocate(3)  # two never-used blocks, then the LRU cached one: the tail
     assert a[1] in fresh and a[0] not in fresh
-    assert pool.match_prefix([1, 2, 3, 4], 4) == a[:1]
+    assert cache.match([1, 2, 3, 4], 4) == a[:1]
 
 
-def test_block_pool_never_evicts_referenced_blocks():
-    pool = BlockPool(num_blocks=3, block_size=2)
-    held = pool.allocate()
-    pool.register(held, 0, [7, 7])
-    others = [pool.allocate() for _ in range(2)]
-    assert held not in others and pool.num_free == 0
+def test_prefix_cache_never_evicts_referenced_blocks():
+    cache = PrefixCache(num_blocks=3, block_size=2)
+    held = filled_sequence(cache, [7, 7]).block_table[0]
+    others = cache.allocate(2)
+    assert held not in others and cache.num_free == 0
     with pytest.raises(KeyError):
-        pool.allocate()
-    assert pool.match_prefix([7, 7, 1], 3) == [held]
+        cache.allocate(1)
+    assert cache.match([7, 7, 1], 3) == [held]
 
 
-def test_identical_blocks_registered_twice_keep_one_entry():
-    pool = BlockPool(num_blocks=4, block_size=2)
-    x, y = pool.allocate(), pool.allocate()
-    assert pool.register(x, 0, [1, 2]) == pool.register(y, 0, [1, 2])
-    assert pool.match_prefix([1, 2, 3], 3) == [x]
+def test_identical_blocks_published_twice_keep_one_entry():
+    cache = PrefixCache(num_blocks=4, block_size=2)
+    x = filled_sequence(cache, [1, 2], request_id=0)
+    y = filled_sequence(cache, [1, 2], request_id=1)
+    assert x.prefix_node == y.prefix_node and x.block_table != y.block_table
+    assert cache.match([1, 2, 3], 3) == x.block_table
+
+
+def test_admission_claims_cached_blocks_and_counts_them_computed():
+    cache = PrefixCache(num_blocks=4, block_size=2)
+    first = filled_sequence(cache, [1, 2, 3, 4])
+    cache.release(first)
+    second = Sequence(1, None, [1, 2, 3, 4, 5], SamplingParams(), None)
+    hits = cache.match(second.token_ids, second.num_tokens - 1)
+    assert cache.can_admit(hits, 1) and not cache.can_admit(hits, 3)
+    cache.admit(second, hits)
+    assert second.num_computed == 4 and second.block_table == hits
+    assert cache.num_free == 2  # the two cached blocks left the free list
+    assert cache.next_block_key(second.token_ids, hits) is None  # the next block is not full
 
 
 # ---- cascade attention --------------------------------------------------------------------------------
@@ -150,19 +176,19 @@ def test_causal_attention_with_lse_equals_masked_attention(m, keys, heads, kv_he
 
 def test_shared_prefix_groups_stop_at_the_first_difference():
     tables = [[1, 2, 3, 9], [1, 2, 4, 8], [1, 2, 3, 7], [5, 6], [1, 2]]
-    groups = ModelRunner.shared_prefixes(tables, [3, 3, 3, 1, 1])
+    groups = shared_prefixes(tables, [3, 3, 3, 1, 1])
     assert groups == [([0, 1, 2, 4], 1)]  # the last member has only one computed block
 
 
 # ---- the engine with cache and cascade --------------------------------------------------------------
 
-@pytest.mark.parametrize("causal_split_rows", [attention.CAUSAL_SPLIT_MIN_ROWS, 2],
+@pytest.mark.parametrize("causal_split_rows", [torch_paged.CAUSAL_SPLIT_MIN_ROWS, 2],
                          ids=["masked-spans", "causal-split"])
 def test_tournament_prompts_cached_and_cascaded_match_transformers(model_dirs, hf_models, monkeypatch,
                                                                    causal_split_rows):
     """causal-split: every prefill chunk after a cached or shared part takes the causal-square path
     that the engine takes from 768 rows on."""
-    monkeypatch.setattr(attention, "CAUSAL_SPLIT_MIN_ROWS", causal_split_rows)
+    monkeypatch.setattr(torch_paged, "CAUSAL_SPLIT_MIN_ROWS", causal_split_rows)
     prompts = tournament_prompts()
     hf = hf_models["qwen3-untied"]
     engines = {
@@ -327,7 +353,8 @@ def _workspace_steps(engine):
 
     def recording_build(work):
         ids, positions, batch = build(work)
-        steps.append(batch.decode_workspace)
+        step = batch.decode_workspace
+        steps.append(None if step is None else (step, step.workspace.k[0]))
         return ids, positions, batch
 
     engine.runner.build = recording_build
@@ -339,16 +366,17 @@ def test_decode_workspace_rows_match_block_gathers(model_dirs, monkeypatch, max_
     """Sequences leave the workspace at staggered ends, (max_num_seqs=3) newcomers take their rows
     while others keep appending, (headroom=1) the storage is outgrown and refilled every few steps:
     the same tokens as gathering blocks every step."""
-    monkeypatch.setattr(ModelRunner, "WORKSPACE_HEADROOM", headroom)
+    monkeypatch.setattr(DecodeWorkspace, "HEADROOM", headroom)
     prompts = tournament_prompts(num_questions=2, matches=3, seed=13)
     params = [SamplingParams(max_tokens=12 + 3 * i, ignore_eos=True) for i in range(len(prompts))]  # staggered ends
     outs = {}
     for budget in (None, 0):
         engine = kojudge.Engine(model_dirs["qwen3-tied"], block_size=4, max_num_seqs=max_num_seqs)
-        engine.runner.workspace_bytes = engine.runner.workspace_bytes if budget is None else budget
+        if budget is not None:
+            engine.runner.workspace.budget_bytes = budget
         steps = _workspace_steps(engine)
         outs[budget] = [o.token_ids for o in engine.generate(prompts, params)]
-        used = [s for s in steps if s is not None]
+        used = [s for s, _ in filter(None, steps)]
         if budget == 0:
             assert not used
             continue
@@ -356,7 +384,7 @@ def test_decode_workspace_rows_match_block_gathers(model_dirs, monkeypatch, max_
         if max_num_seqs == 3:  # a newcomer filled while others append, in a row out of decode order
             assert any(s.fill_target is not None and s.append_target is not None and s.decode_rows is not None
                        for s in used)
-        storages = {id(s.workspace) for s in used}
+        storages = {id(storage) for _, storage in filter(None, steps)}
         assert len(storages) >= (4 if headroom == 1 else 1)
     assert outs[None] == outs[0]
 
@@ -373,7 +401,7 @@ def test_decode_workspace_rows_fuzzed_against_block_gathers(data, headroom, bloc
     cache.k.normal_()
     cache.v.normal_()
     runner = ModelRunner(None, cache, torch.device("cpu"), workspace_bytes=2**30)
-    runner.WORKSPACE_HEADROOM = headroom
+    runner.workspace.HEADROOM = headroom
     gather = ModelRunner(None, cache, torch.device("cpu"), workspace_bytes=0)
     next_block, next_id, live = prefix_blocks, 0, []
     for _ in range(data.draw(st.integers(2, 8), label="steps")):
@@ -408,10 +436,10 @@ def test_decode_workspace_shrinks_headroom_to_fit_its_budget():
     layers, kv_heads, d, bs = 2, 2, 8, 4
     cache = KVCache(layers, 64, bs, kv_heads, d, torch.float32, "cpu")
     column_bytes = 2 * layers * kv_heads * d * 4
-    runner = ModelRunner(None, cache, torch.device("cpu"), workspace_bytes=2**30)
-    ws = runner._allocate_workspace(num_rows=3, length=10)
-    assert ws.k[0].shape == (6, kv_heads, 10 + ModelRunner.WORKSPACE_HEADROOM + 2, d)
-    runner.workspace, runner.workspace_bytes = None, 3 * 20 * column_bytes
-    assert runner._allocate_workspace(num_rows=3, length=10).k[0].shape == (3, kv_heads, 20, d)
-    runner.workspace, runner.workspace_bytes = None, 3 * 11 * column_bytes
-    assert runner._allocate_workspace(num_rows=3, length=10) is None  # 12 columns (3 blocks) do not fit
+    ws = DecodeWorkspace(cache, budget_bytes=2**30)
+    assert ws.reserve(num_rows=3, length=10)
+    assert ws.k[0].shape == (6, kv_heads, 10 + DecodeWorkspace.HEADROOM + 2, d)
+    ws = DecodeWorkspace(cache, budget_bytes=3 * 20 * column_bytes)
+    assert ws.reserve(num_rows=3, length=10) and ws.k[0].shape == (3, kv_heads, 20, d)
+    ws = DecodeWorkspace(cache, budget_bytes=3 * 11 * column_bytes)
+    assert not ws.reserve(num_rows=3, length=10)  # 12 columns (3 blocks) do not fit

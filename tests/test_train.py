@@ -108,7 +108,7 @@ def test_two_process_fsdp_step_equals_single_process(tmp_path, sft_setup):
 def test_token_logprobs_padding_changes_nothing(sft_setup):
     """The training module pads packed batches to a multiple of SHAPE_MULTIPLE tokens (a leak fix); the
     log-probs and gradients of the real tokens must be those of the unpadded batch."""
-    from kojudge.attention.batch import CausalVarlenAttention
+    from kojudge.attention.varlen import CausalVarlenAttention
     from kojudge.train.loop import build_policy
     from kojudge.train.distributed import SHAPE_MULTIPLE
 

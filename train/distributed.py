@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from kojudge.attention.batch import CausalVarlenAttention
+from kojudge.attention.varlen import CausalVarlenAttention
 from kojudge.kernels import chosen_logprobs
 from kojudge.model.decoder import Model
 

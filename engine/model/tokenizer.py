@@ -1,4 +1,4 @@
-"""Tokenizer and chat template through transformers, plus incremental detokenization for stop strings."""
+"""Tokenizer and chat template of a model directory, through transformers."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,24 +26,3 @@ class Tokenizer:
         text = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         # The template already carries any BOS it wants.
         return self.hf.encode(text, add_special_tokens=False)
-
-
-class Detokenizer:
-    """Turns a growing list of token ids into text deltas without decoding everything each step.
-
-    A token may end inside a multi-byte character; its text is held back until the character completes.
-    """
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-        self.prefix_offset = 0
-        self.read_offset = 0
-
-    def step(self, token_ids: list[int]) -> str:
-        decode = self.tokenizer.decode
-        prefix_text = decode(token_ids[self.prefix_offset: self.read_offset])
-        full_text = decode(token_ids[self.prefix_offset:])
-        if len(full_text) > len(prefix_text) and not full_text.endswith("\ufffd"):
-            self.prefix_offset, self.read_offset = self.read_offset, len(token_ids)
-            return full_text[len(prefix_text):]
-        return ""

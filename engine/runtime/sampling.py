@@ -80,3 +80,16 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     tokens = greedy_tokens.clone()
     tokens[rows] = (probs / noise).argmax(dim=-1)
     return tokens
+
+
+def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor, wanted: list[bool]
+                    ) -> list[float | None]:
+    """log p(token) under the unmodified distribution for the rows that want it, else None."""
+    rows = [i for i, want in enumerate(wanted) if want]
+    result: list[float | None] = [None] * len(wanted)
+    if rows:
+        index = torch.tensor(rows, device=logits.device)
+        values = logits[index].log_softmax(-1).gather(1, tokens[index][:, None]).squeeze(1)
+        for i, value in zip(rows, values.tolist()):
+            result[i] = value
+    return result

@@ -1,13 +1,14 @@
-"""One request's state as it moves through the scheduler."""
+"""One request's state as it moves through the scheduler, and what it returns."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 import torch
 
 from kojudge.runtime.sampling import SamplingParams
-from kojudge.model.tokenizer import Detokenizer
+from kojudge.runtime.stopping import Detokenizer
 
 
 class Status(Enum):
@@ -31,12 +32,13 @@ class RequestOutput:
 class Sequence:
     """Prompt plus generated tokens; `num_computed` of them have their keys/values in the cache.
 
-    Prefill, chunked prefill, decode and recompute after preemption are all the same move: compute the
-    next tokens past `num_computed`; once every token is computed, the last one's logits are sampled.
+    Prefill, chunked prefill, decode and recompute after preemption are all the same move: compute
+    the next tokens past `num_computed`; once every token is computed, the last one's logits are
+    sampled.
     """
 
-    def __init__(self, request_id: int, prompt: str | None, prompt_ids: list[int], params: SamplingParams,
-                 detokenizer: Detokenizer):
+    def __init__(self, request_id: int, prompt: str | None, prompt_ids: list[int],
+                 params: SamplingParams, detokenizer: Detokenizer):
         self.request_id = request_id
         self.prompt = prompt
         self.token_ids = list(prompt_ids)
@@ -44,16 +46,19 @@ class Sequence:
         self.params = params
         self.status = Status.WAITING
         self.num_computed = 0
+        # The prefix cache's bookkeeping (PrefixCache.admit / publish / release).
         self.block_table: list[int] = []
-        self.num_registered_blocks = 0  # full blocks already published to the prefix cache
-        self.prefix_node = 0  # prefix-cache node of the last registered block (0 = root)
+        self.num_published_blocks = 0
+        self.prefix_node = 0  # the node of the last published block
         self.cached_tokens: int | None = None  # set at first admission
         self.logprobs: list[float] = []
-        self.text = ""
+        self.text = ""  # decoded so far, kept only while stop strings are watched
         self.finish_reason: str | None = None
-        self.stop_index: int | None = None  # where a matched stop string starts in self.text
+        self.stop_index: int | None = None  # where a matched stop string ends the text
         self.detokenizer = detokenizer
-        self.generator = None if params.seed is None else torch.Generator().manual_seed(params.seed)
+        self.generator = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed)
 
     @property
     def num_tokens(self) -> int:
@@ -66,3 +71,10 @@ class Sequence:
     @property
     def num_uncomputed(self) -> int:
         return self.num_tokens - self.num_computed
+
+
+class ScheduledChunk(NamedTuple):
+    """One sequence's share of a step: its next `num_new` tokens are computed."""
+
+    seq: Sequence
+    num_new: int
