@@ -1,4 +1,5 @@
-"""kojudge: a judging engine that runs LLM judges over many candidate answers fast, and trains them."""
+"""kojudge: a judging engine that runs LLM judges over many candidate answers fast, and trains
+them."""
 from kojudge.model.config import ModelConfig, load_config
 from kojudge.runtime.engine import Engine, PromptTooLong
 from kojudge.model.decoder import Model
@@ -8,5 +9,6 @@ from kojudge.runtime.sampling import SamplingParams
 from kojudge.runtime.sequence import RequestOutput
 from kojudge.judging.tournament import TournamentResult, Verdict, knockout, round_robin, swiss
 
-__all__ = ["BestOfN", "Engine", "Model", "ModelConfig", "PairJudge", "PointwiseJudge", "PointwiseScore", "PromptTooLong", "RequestOutput", "SamplingParams", "TournamentResult", "Verdict",
-           "knockout", "load_config", "round_robin", "swiss"]
+__all__ = ["BestOfN", "Engine", "Model", "ModelConfig", "PairJudge", "PointwiseJudge",
+           "PointwiseScore", "PromptTooLong", "RequestOutput", "SamplingParams",
+           "TournamentResult", "Verdict", "knockout", "load_config", "round_robin", "swiss"]

@@ -1,14 +1,14 @@
-"""Paged attention over the engine's KV pool: KV store, varlen prefill/extend, decode, the shared-prefix
-(cascade) form, and merging partial results by their log-sum-exp. Triton kernels beside torch references
-with the same signatures.
+"""Paged attention over the engine's KV pool: KV store, varlen prefill/extend, decode, the
+shared-prefix (cascade) form, and merging partial results by their log-sum-exp. Triton kernels
+beside torch references with the same signatures.
 
 Cache layout (one layer): k_cache, v_cache [kv_heads, num_blocks * block_size, d]; slot = block *
-block_size + offset. A batch of "sequences" is described by:
-  q [Tq, heads, d] packed, q_start [B + 1] (row offsets), block_tables [B, max_blocks] (the blocks that
-  hold each sequence's keys, in order), kv_lens [B] (keys per sequence), q_offsets [B] (position of a
-  sequence's first query relative to its first key: query j may see keys 0 .. q_offsets + j when causal).
-Decode is the case of one query per sequence; the cascade form is one "sequence" per shared prefix whose
-queries are the stacked queries of all its members, without the causal mask.
+block_size + offset. A batch of "sequences" is described by: q [Tq, heads, d] packed, q_start [B +
+1] (row offsets), block_tables [B, max_blocks] (the blocks that hold each sequence's keys, in
+order), kv_lens [B] (keys per sequence), q_offsets [B] (position of a sequence's first query
+relative to its first key: query j may see keys 0 .. q_offsets + j when causal). Decode is the case
+of one query per sequence; the cascade form is one "sequence" per shared prefix whose queries are
+the stacked queries of all its members, without the causal mask.
 """
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ import triton.language as tl
 from kojudge.kernels.cpu_attention import merge_states as merge_state_reference
 from kojudge.kernels.cpu_attention import store_kv as store_kv_reference
 
-# ---- references -------------------------------------------------------------------------------------
+# ---- references
+# -------------------------------------------------------------------------------------
 
 
-def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_start: torch.Tensor,
-                              block_tables: torch.Tensor, kv_lens: torch.Tensor, q_offsets: torch.Tensor,
-                              block_size: int, causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                              q_start: torch.Tensor, block_tables: torch.Tensor,
+                              kv_lens: torch.Tensor, q_offsets: torch.Tensor, block_size: int,
+                              causal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """-> out [Tq, heads, d], lse [Tq, heads] float32."""
     heads, kv_heads, d = q.shape[1], k_cache.shape[0], q.shape[2]
     group = heads // kv_heads
@@ -32,26 +34,31 @@ def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
     offsets = torch.arange(block_size, device=q.device)
     for b in range(len(kv_lens)):
-        start, end, n = int(q_start[b]), int(q_start[b + 1]), int(kv_lens[b])
+        start = int(q_start[b])
+        end = int(q_start[b + 1])
+        n = int(kv_lens[b])
         if end == start:
             continue
-        slots = (block_tables[b, : -(-n // block_size)].long()[:, None] * block_size + offsets).flatten()[:n]
+        slots = (block_tables[b, : triton.cdiv(n, block_size)].long()[:, None] * block_size + offsets).flatten()[:n]
         k = k_cache[:, slots].repeat_interleave(group, 0).float()  # [heads, n, d]
         v = v_cache[:, slots].repeat_interleave(group, 0).float()
         scores = q[start:end].transpose(0, 1).float() @ k.transpose(1, 2) * d**-0.5  # [heads, L, n]
         if causal:
             rows = torch.arange(end - start, device=q.device)[:, None] + int(q_offsets[b])
-            scores = scores.masked_fill(torch.arange(n, device=q.device)[None, :] > rows, float("-inf"))
+            scores = scores.masked_fill(torch.arange(n, device=q.device)[None, :] > rows,
+                                        float("-inf"))
         lse[start:end] = torch.logsumexp(scores, -1).transpose(0, 1)
         out[start:end] = (scores.softmax(-1) @ v).transpose(0, 1).to(q.dtype)
     return out, lse
 
 
-# ---- Triton -------------------------------------------------------------------------------------------
+# ---- Triton
+# -------------------------------------------------------------------------------------------
 
 @triton.jit
-def store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, stride_kt, stride_kh, stride_ch, stride_cs,
-                    KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_HEADS: tl.constexpr, BLOCK_D: tl.constexpr):
+def store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, stride_kt, stride_kh,
+                    stride_ch, stride_cs, KV_HEADS: tl.constexpr, D: tl.constexpr,
+                    BLOCK_HEADS: tl.constexpr, BLOCK_D: tl.constexpr):
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     h = tl.arange(0, BLOCK_HEADS)[:, None]
@@ -64,13 +71,13 @@ def store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, stride_kt,
 
 
 @triton.jit
-def paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, lse_ptr, q_start_ptr, tables_ptr,
-                           kv_lens_ptr, q_offsets_ptr, scale,
-                           stride_qt, stride_qh, stride_ch, stride_cs, stride_table, stride_lse, stride_split_out,
-                           stride_split_lse, num_splits,
-                           GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_M: tl.constexpr, ROWS: tl.constexpr,
-                           D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, CAUSAL: tl.constexpr,
-                           PRECISION: tl.constexpr):
+def paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, lse_ptr, q_start_ptr,
+                           tables_ptr, kv_lens_ptr, q_offsets_ptr, scale, stride_qt, stride_qh,
+                           stride_ch, stride_cs, stride_table, stride_lse, stride_split_out,
+                           stride_split_lse, num_splits, GROUP: tl.constexpr,
+                           GROUP_PAD: tl.constexpr, BLOCK_M: tl.constexpr, ROWS: tl.constexpr,
+                           D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                           CAUSAL: tl.constexpr, PRECISION: tl.constexpr):
     """One program: BLOCK_M queries of sequence b, for the GROUP query heads of KV head `kvh`, over
     split `split` of the sequence's key blocks (out/lse of split s at s * stride_split_*).
 
@@ -92,7 +99,8 @@ def paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, lse_ptr, q_
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     q_rows = (q_lo + m).to(tl.int64) * stride_qt + head * stride_qh
-    q = tl.load(q_ptr + q_rows[:, None] + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(q_ptr + q_rows[:, None] + d[None, :], mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0)
     m_i = tl.full([ROWS], float("-inf"), tl.float32)
     l_i = tl.zeros([ROWS], tl.float32)
     acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
@@ -108,8 +116,10 @@ def paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, lse_ptr, q_
         key = n * BLOCK_SIZE + j
         key_ok = key < kv_end
         kv_rows = kvh * stride_ch + (block * BLOCK_SIZE + j) * stride_cs
-        k = tl.load(k_cache_ptr + kv_rows[:, None] + d[None, :], mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-        v = tl.load(v_cache_ptr + kv_rows[:, None] + d[None, :], mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+        k = tl.load(k_cache_ptr + kv_rows[:, None] + d[None, :],
+                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+        v = tl.load(v_cache_ptr + kv_rows[:, None] + d[None, :],
+                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
         visible = key_ok[None, :] & row_ok[:, None]
         if CAUSAL:
@@ -132,8 +142,8 @@ def paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, lse_ptr, q_
 
 
 @triton.jit
-def merge_state_kernel(out_a_ptr, lse_a_ptr, out_b_ptr, lse_b_ptr, out_ptr, lse_ptr, D: tl.constexpr,
-                       BLOCK_D: tl.constexpr):
+def merge_state_kernel(out_a_ptr, lse_a_ptr, out_b_ptr, lse_b_ptr, out_ptr, lse_ptr,
+                       D: tl.constexpr, BLOCK_D: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)  # one (token, head) pair
     d = tl.arange(0, BLOCK_D)
     ok = d < D
@@ -144,7 +154,8 @@ def merge_state_kernel(out_a_ptr, lse_a_ptr, out_b_ptr, lse_b_ptr, out_ptr, lse_
     wb = tl.exp(lb - top)
     oa = tl.load(out_a_ptr + row * D + d, mask=ok, other=0.0).to(tl.float32)
     ob = tl.load(out_b_ptr + row * D + d, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * D + d, ((oa * wa + ob * wb) / (wa + wb)).to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + row * D + d, ((oa * wa + ob * wb) / (wa + wb)).to(out_ptr.dtype.element_ty),
+             mask=ok)
     tl.store(lse_ptr + row, top + tl.log(wa + wb))
 
 
@@ -152,16 +163,18 @@ def store_kv_triton(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_c
                     slots: torch.Tensor) -> None:
     k, v = k.contiguous(), v.contiguous()
     kv_heads, d = k.shape[1], k.shape[2]
-    store_kv_kernel[(k.shape[0],)](k, v, k_cache, v_cache, slots, k.stride(0), k.stride(1), k_cache.stride(0),
-                                   k_cache.stride(1), KV_HEADS=kv_heads, D=d, BLOCK_HEADS=triton.next_power_of_2(kv_heads),
+    store_kv_kernel[(k.shape[0],)](k, v, k_cache, v_cache, slots, k.stride(0), k.stride(1),
+                                   k_cache.stride(0), k_cache.stride(1), KV_HEADS=kv_heads, D=d,
+                                   BLOCK_HEADS=triton.next_power_of_2(kv_heads),
                                    BLOCK_D=triton.next_power_of_2(d))
 
 
-def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_start: torch.Tensor,
-                           block_tables: torch.Tensor, kv_lens: torch.Tensor, q_offsets: torch.Tensor,
-                           block_size: int, causal: bool = True, max_queries: int | None = None,
-                           max_kv_len: int | None = None, num_splits: int | None = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           q_start: torch.Tensor, block_tables: torch.Tensor,
+                           kv_lens: torch.Tensor, q_offsets: torch.Tensor, block_size: int,
+                           causal: bool = True, max_queries: int | None = None,
+                           max_kv_len: int | None = None,
+                           num_splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """num_splits > 1 divides each sequence's key blocks among that many programs (split-KV, as in
     flash-decoding) and merges their partial results by LSE: more programs for the GPU when the
     sequences are few and long, as a shared prefix is. By default chosen from max_kv_len (a host
@@ -181,15 +194,18 @@ def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if num_splits is None:
         num_splits = 1 if max_kv_len is None else choose_num_splits(programs, max_kv_len, q.device)
     out = q.new_empty((num_splits, *q.shape)) if num_splits > 1 else torch.empty_like(q)
-    lse = torch.empty((num_splits, *q.shape[:2]) if num_splits > 1 else q.shape[:2], dtype=torch.float32,
-                      device=q.device)
+    lse = torch.empty((num_splits, *q.shape[:2]) if num_splits > 1 else q.shape[:2],
+                      dtype=torch.float32, device=q.device)
     grid = (len(kv_lens), k_cache.shape[0], tiles * num_splits)
-    paged_attention_kernel[grid](
-        q, k_cache, v_cache, out, lse, q_start, block_tables, kv_lens, q_offsets, d**-0.5,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0), lse.stride(-2),
-        q.numel() if num_splits > 1 else 0, lse[0].numel() if num_splits > 1 else 0, num_splits,
-        GROUP=group, GROUP_PAD=group_pad, BLOCK_M=block_m, ROWS=rows, D=d, BLOCK_D=triton.next_power_of_2(d),
-        BLOCK_SIZE=block_size, CAUSAL=causal, PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+    paged_attention_kernel[grid](q, k_cache, v_cache, out, lse, q_start, block_tables, kv_lens,
+                                 q_offsets, d**-0.5, q.stride(0), q.stride(1), k_cache.stride(0),
+                                 k_cache.stride(1), block_tables.stride(0), lse.stride(-2),
+                                 q.numel() if num_splits > 1 else 0,
+                                 lse[0].numel() if num_splits > 1 else 0, num_splits, GROUP=group,
+                                 GROUP_PAD=group_pad, BLOCK_M=block_m, ROWS=rows, D=d,
+                                 BLOCK_D=triton.next_power_of_2(d), BLOCK_SIZE=block_size,
+                                 CAUSAL=causal,
+                                 PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
     return merge_splits(out, lse) if num_splits > 1 else (out, lse)
 
 
@@ -200,25 +216,27 @@ def merge_splits(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, to
     top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
     weights = torch.exp(lse - top)
     total = weights.sum(0)
-    merged = (weights[..., None] * out.float()).sum(0) / torch.where(total == 0, 1.0, total)[..., None]
+    merged = (weights[..., None] * out.float()).sum(0) / torch.where(
+        total == 0, 1.0, total)[..., None]
     return merged.to(out.dtype), top + torch.log(total)
 
 
-def choose_num_splits(num_programs: int, max_kv_len: int, device: torch.device, min_keys: int = 512) -> int:
+def choose_num_splits(num_programs: int, max_kv_len: int, device: torch.device,
+                      min_keys: int = 512) -> int:
     """Splits of each sequence's keys so that the launch has about two programs per streaming
     multiprocessor, each split keeping at least `min_keys` keys. 1 off CUDA."""
     if torch.device(device).type != "cuda":
         return 1
     target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(-(-target // num_programs), max_kv_len // min_keys))
+    return max(1, min(triton.cdiv(target, num_programs), max_kv_len // min_keys))
 
 
-def merge_state_triton(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_state_triton(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
+                       lse_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out_a, out_b = out_a.contiguous(), out_b.contiguous()
     out = torch.empty_like(out_a)
     lse = torch.empty_like(lse_a)
     d = out_a.shape[-1]
-    merge_state_kernel[(lse_a.numel(),)](out_a, lse_a.contiguous(), out_b, lse_b.contiguous(), out, lse, D=d,
-                                         BLOCK_D=triton.next_power_of_2(d))
+    merge_state_kernel[(lse_a.numel(),)](out_a, lse_a.contiguous(), out_b, lse_b.contiguous(), out,
+                                         lse, D=d, BLOCK_D=triton.next_power_of_2(d))
     return out, lse

@@ -29,21 +29,25 @@ def chosen_logprobs_reference(hidden: torch.Tensor, weight: torch.Tensor, target
     return logp, entropy
 
 
-# ---- chunked torch ---------------------------------------------------------------------------------
+# ---- chunked torch
+# ---------------------------------------------------------------------------------
 
 class _ChunkedLogprobs(torch.autograd.Function):
-    """Tiles of (row chunk x vocabulary slice): the forward keeps a running max / sum per row (online
-    log-sum-exp); the backward recomputes each tile's logits, turns them into logit gradients and
-    applies them with two matmuls, finishing one vocabulary slice of the weight gradient at a time."""
+    """Tiles of (row chunk x vocabulary slice): the forward keeps a running max / sum per row
+    (online log-sum-exp); the backward recomputes each tile's logits, turns them into logit
+    gradients and applies them with two matmuls, finishing one vocabulary slice of the weight
+    gradient at a time."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, chunk_rows, vocab_slice, return_entropy):
+    def forward(ctx, hidden, weight, targets, temperature, chunk_rows, vocab_slice,
+                return_entropy):
         T, V = hidden.shape[0], weight.shape[0]
         lse = torch.empty(T, dtype=torch.float32, device=hidden.device)
         picked = torch.empty_like(lse)
         entropy = torch.empty_like(lse) if return_entropy else None
         for r0 in range(0, T, chunk_rows):
-            rows, h = slice(r0, r0 + chunk_rows), hidden[r0: r0 + chunk_rows]
+            rows = slice(r0, r0 + chunk_rows)
+            h = hidden[r0:r0 + chunk_rows]
             n = h.shape[0]
             top = torch.full((n,), float("-inf"), device=hidden.device)
             total = torch.zeros(n, device=hidden.device)
@@ -66,7 +70,9 @@ class _ChunkedLogprobs(torch.autograd.Function):
             if entropy is not None:
                 entropy[rows] = lse[rows] - weighted / total
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature, ctx.chunk_rows, ctx.vocab_slice = temperature, chunk_rows, vocab_slice
+        ctx.temperature = temperature
+        ctx.chunk_rows = chunk_rows
+        ctx.vocab_slice = vocab_slice
         ctx.mark_non_differentiable(*([entropy] if entropy is not None else []))
         return picked - lse, entropy
 
@@ -81,7 +87,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
             w = weight[v0: v0 + ctx.vocab_slice]
             grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device)
             for r0 in range(0, T, ctx.chunk_rows):
-                rows, h = slice(r0, r0 + ctx.chunk_rows), hidden[r0: r0 + ctx.chunk_rows]
+                rows = slice(r0, r0 + ctx.chunk_rows)
+                h = hidden[r0:r0 + ctx.chunk_rows]
                 logits = (h @ w.T).float().div_(ctx.temperature)
                 # d logp_t / d logits = onehot(target) - softmax, times the upstream gradient.
                 grad = (logits - lse[rows, None]).exp_().mul_(-grad_logp[rows, None])
@@ -96,22 +103,27 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
 
 def chosen_logprobs_chunked(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                            temperature: float = 1.0, return_entropy: bool = False, chunk_rows: int = 2048,
-                            vocab_slice: int = 2048) -> Output:
-    return _ChunkedLogprobs.apply(hidden, weight, targets, temperature, chunk_rows, vocab_slice, return_entropy)
+                            temperature: float = 1.0, return_entropy: bool = False,
+                            chunk_rows: int = 2048, vocab_slice: int = 2048) -> Output:
+    return _ChunkedLogprobs.apply(hidden, weight, targets, temperature, chunk_rows, vocab_slice,
+                                  return_entropy)
 
 
-# ---- Triton ----------------------------------------------------------------------------------------
+# ---- Triton
+# ----------------------------------------------------------------------------------------
 
 @triton.jit
 def logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
-                BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, PRECISION: tl.constexpr):
+                BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                PRECISION: tl.constexpr):
     """hidden[rows] @ weight[cols].T accumulated over H in float32: a [BLOCK_T, BLOCK_V] tile."""
     acc = tl.zeros([BLOCK_T, BLOCK_V], tl.float32)
     for h0 in range(0, H, BLOCK_H):
         ks = h0 + tl.arange(0, BLOCK_H)
-        a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :], mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
-        b = tl.load(w_ptr + cols[:, None] * stride_w + ks[None, :], mask=col_ok[:, None] & (ks[None, :] < H), other=0.0)
+        a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :],
+                    mask=row_ok[:, None] & (ks[None, :] < H), other=0.0)
+        b = tl.load(w_ptr + cols[:, None] * stride_w + ks[None, :],
+                    mask=col_ok[:, None] & (ks[None, :] < H), other=0.0)
         acc += tl.dot(a, tl.trans(b), input_precision=PRECISION)
     return acc
 
@@ -150,10 +162,10 @@ def logprobs_forward_kernel(h_ptr, w_ptr, t_ptr, logp_ptr, lse_ptr, ent_ptr, T, 
 
 
 @triton.jit
-def logprobs_grad_logits_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, dlogp_ptr, g_ptr, T, V, H, v_start, v_count,
-                                stride_h, stride_w, stride_g, inv_temp,
-                                BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-                                PRECISION: tl.constexpr):
+def logprobs_grad_logits_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, dlogp_ptr, g_ptr, T, V, H, v_start,
+                                v_count, stride_h, stride_w, stride_g, inv_temp,
+                                BLOCK_T: tl.constexpr, BLOCK_V: tl.constexpr,
+                                BLOCK_H: tl.constexpr, PRECISION: tl.constexpr):
     """g[t, j] = dlogp[t] * (1[target_t == v_start + j] - softmax_t[v_start + j]) / temperature."""
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     local = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -168,7 +180,8 @@ def logprobs_grad_logits_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, dlogp_ptr, g_ptr, 
     p = tl.exp(acc * inv_temp - lse[:, None])
     onehot = tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
     g = dlogp[:, None] * (onehot - p) * inv_temp
-    tl.store(g_ptr + rows[:, None] * stride_g + local[None, :], g, mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(g_ptr + rows[:, None] * stride_g + local[None, :], g,
+             mask=row_ok[:, None] & col_ok[None, :])
 
 
 def _blocks(hidden: torch.Tensor) -> dict:
@@ -191,9 +204,11 @@ class _TritonLogprobs(torch.autograd.Function):
         blocks = _blocks(hidden)
         logprobs_forward_kernel[(triton.cdiv(T, blocks["BLOCK_T"]),)](
             hidden, weight, targets, logp, lse, entropy if entropy is not None else lse, T, V, H,
-            hidden.stride(0), weight.stride(0), 1.0 / temperature, WITH_ENTROPY=return_entropy, **blocks)
+            hidden.stride(0), weight.stride(0), 1.0 / temperature, WITH_ENTROPY=return_entropy,
+            **blocks)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature, ctx.vocab_slice = temperature, vocab_slice
+        ctx.temperature = temperature
+        ctx.vocab_slice = vocab_slice
         ctx.mark_non_differentiable(*([entropy] if entropy is not None else []))
         return logp, entropy
 
@@ -210,9 +225,9 @@ class _TritonLogprobs(torch.autograd.Function):
         for v_start in range(0, V, ctx.vocab_slice):
             count = min(ctx.vocab_slice, V - v_start)
             grid = (triton.cdiv(T, blocks["BLOCK_T"]), triton.cdiv(count, blocks["BLOCK_V"]))
-            logprobs_grad_logits_kernel[grid](hidden, weight, targets, lse, grad_logp, g, T, V, H, v_start, count,
-                                              hidden.stride(0), weight.stride(0), g.stride(0), 1.0 / ctx.temperature,
-                                              **blocks)
+            logprobs_grad_logits_kernel[grid](hidden, weight, targets, lse, grad_logp, g, T, V, H,
+                                              v_start, count, hidden.stride(0), weight.stride(0),
+                                              g.stride(0), 1.0 / ctx.temperature, **blocks)
             part = g[:, :count]
             grad_hidden.addmm_(part, weight[v_start: v_start + count].float())
             grad_weight[v_start: v_start + count] = part.T @ hidden.float()
@@ -220,5 +235,6 @@ class _TritonLogprobs(torch.autograd.Function):
 
 
 def chosen_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                           temperature: float = 1.0, return_entropy: bool = False, vocab_slice: int = 8192) -> Output:
+                           temperature: float = 1.0, return_entropy: bool = False,
+                           vocab_slice: int = 8192) -> Output:
     return _TritonLogprobs.apply(hidden, weight, targets, temperature, vocab_slice, return_entropy)

@@ -1,19 +1,11 @@
 """Linear layers on oneDNN with each weight packed once, for CPU inference.
 
-aten's float32 matmul on CPU goes through MKL, which on the AMD EPYC (Zen 5) machines this project
-runs on reaches about 220 GFLOP/s on 2 cores for a 1024^3 product, where oneDNN reaches about 500
-in true float32: the same error against float64 at small inner sizes, about twice MKL's at an inner
-size of 1,024 (another summation order), nothing like bfloat16's. The engine's shapes gain as
-much: `python -m pytest bench/test_micro.py --benchmark-only -k linear_float32` measured 512 -> 3072
-at 2.6x (64 rows) and 2.4x (1,024 rows) aten's time; bfloat16 gains 15% over aten's own oneDNN call,
-which reorders the weight on every call. oneDNN ships inside torch (`torch.ops.mkldnn`, the ops inductor
-uses for the same purpose); where torch was built without it, nothing is packed.
-
-The packed copy sits beside the dense weight, which the model keeps for `update_weights` and, when
-tied, for the embedding: packing costs one more copy of the linear weights in memory. Training runs
-on the dense weights through `LinearFunction` (forward and both backward matmuls on oneDNN): 12
-float32 SFT steps of the benchmark model took 12.3 s against 19.3 s on aten's linear, run one after
-the other, with the same loss to 4 decimals.
+torch's float32 matmul on CPU goes through MKL, which on some CPUs (AMD EPYC) runs at under half
+the speed oneDNN reaches on the same product in true float32; bfloat16 reaches oneDNN in torch too
+but reorders the weight on every call (figures: README, "How it works"). oneDNN ships inside torch
+(`torch.ops.mkldnn`); where torch was built without it, nothing is packed. The packed copy sits
+beside the dense weight, which the model keeps for `update_weights` and, when tied, for the
+embedding. Training runs on the dense weights through `LinearFunction`.
 """
 from __future__ import annotations
 
@@ -42,7 +34,8 @@ def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> 
 
 
 def applies(weight: torch.Tensor) -> bool:
-    """Where the unpacked path runs on oneDNN: float32 on CPU (bfloat16 already reaches oneDNN in aten)."""
+    """Where the unpacked path runs on oneDNN: float32 on CPU (bfloat16 already reaches oneDNN in
+    aten)."""
     return weight.device.type == "cpu" and weight.dtype == torch.float32 and available()
 
 
@@ -51,7 +44,8 @@ class LinearFunction(torch.autograd.Function):
     every step (no packing)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return linear(x, weight, bias)

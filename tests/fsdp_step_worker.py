@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 
 from kojudge.model.tokenizer import Tokenizer
 from kojudge.train.checkpoint import full_weights
-from kojudge.train.loop import build_policy, make_optimizer
+from kojudge.train.loop import make_optimizer
+from kojudge.train.policy import build_policy
 from kojudge.train.data import load_sft, pack
 from kojudge.train.distributed import init_distributed
 from kojudge.train.sft import sft_step

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from kojudge.app.cli import main
-from kojudge.app.jobs import process_device
+from kojudge.utils import process_device
 
 CANDIDATES = ["The sum is \\boxed{12}", "so \\boxed{13}", "\\boxed{12}", "answer: 11", "\\boxed{14}"]
 

@@ -81,7 +81,8 @@ def test_two_process_fsdp_step_equals_single_process(tmp_path, sft_setup):
 
     from kojudge.model.tokenizer import Tokenizer
     from kojudge.train.checkpoint import full_weights
-    from kojudge.train.loop import build_policy, make_optimizer
+    from kojudge.train.loop import make_optimizer
+    from kojudge.train.policy import build_policy
     from kojudge.train.data import load_sft, pack
     from kojudge.train.sft import sft_step
 
@@ -109,8 +110,8 @@ def test_token_logprobs_padding_changes_nothing(sft_setup):
     """The training module pads packed batches to a multiple of SHAPE_MULTIPLE tokens (a leak fix); the
     log-probs and gradients of the real tokens must be those of the unpadded batch."""
     from kojudge.attention.varlen import CausalVarlenAttention
-    from kojudge.train.loop import build_policy
-    from kojudge.train.distributed import SHAPE_MULTIPLE
+    from kojudge.train.policy import build_policy
+    from kojudge.train.policy import SHAPE_MULTIPLE
 
     module = build_policy(sft_setup[0], 1, "float32")
     lengths = [37, 1, 90]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from kojudge.app.jobs import iter_jsonl
+from kojudge.utils import iter_jsonl
 
 IGNORE = -100
 
@@ -19,19 +19,24 @@ class Example:
     labels: list[int]  # next-token targets, IGNORE where no loss
 
 
-def tokenize_conversation(tokenizer, messages: list[dict[str, str]], where: str = "conversation") -> Example:
-    """Chat-template tokens of a conversation; loss on each assistant turn (its content and end tokens).
+def tokenize_conversation(tokenizer, messages: list[dict[str, str]],
+                          where: str = "conversation") -> Example:
+    """Chat-template tokens of a conversation; loss on each assistant turn (its content and end
+    tokens).
 
-    Assistant spans are found by rendering growing prefixes of the conversation, so this works for any
-    template whose rendering of a prefix is a prefix of the rendering of the whole."""
+    Assistant spans are found by rendering growing prefixes of the conversation, so this works for
+    any template whose rendering of a prefix is a prefix of the rendering of the whole."""
     hf = tokenizer.hf if hasattr(tokenizer, "hf") else tokenizer
-    ids = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=False, return_dict=False)
+    ids = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=False,
+                                 return_dict=False)
     loss_mask = [False] * len(ids)
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        head = hf.apply_chat_template(messages[:i], tokenize=True, add_generation_prompt=True, return_dict=False)
-        upto = hf.apply_chat_template(messages[: i + 1], tokenize=True, add_generation_prompt=False, return_dict=False)
+        head = hf.apply_chat_template(messages[:i], tokenize=True, add_generation_prompt=True,
+                                      return_dict=False)
+        upto = hf.apply_chat_template(messages[: i + 1], tokenize=True,
+                                      add_generation_prompt=False, return_dict=False)
         if ids[: len(upto)] != upto or upto[: len(head)] != head:
             raise ValueError(f"{where}: the chat template does not render prefixes stably; cannot locate turn {i}")
         for t in range(len(head), len(upto)):
@@ -48,7 +53,9 @@ def load_sft(path: str | Path, tokenizer, max_length: int) -> list[Example]:
         if not isinstance(messages, list) or not messages:
             raise ValueError(f"{where}: missing field 'messages' (a non-empty list of {{role, content}})")
         for m in messages:
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            if not isinstance(
+                m,
+                dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise ValueError(f"{where}: every message needs string fields 'role' and 'content'")
         if not any(m["role"] == "assistant" for m in messages):
             raise ValueError(f"{where}: no assistant message, nothing to learn")
@@ -86,7 +93,8 @@ def pack(examples: list[Example]) -> PackedBatch:
     )
 
 
-def sft_batches(examples: list[Example], batch_size: int, seed: int, epoch: int) -> list[list[Example]]:
+def sft_batches(examples: list[Example], batch_size: int, seed: int,
+                epoch: int) -> list[list[Example]]:
     """A deterministic shuffle per (seed, epoch), cut into batches of `batch_size` sequences."""
     order = list(range(len(examples)))
     random.Random(seed * 1000 + epoch).shuffle(order)
@@ -104,14 +112,16 @@ class PreferencePair:
 
 
 def load_pairs(path: str | Path) -> list[PreferencePair]:
-    pairs, seen = [], set()
+    pairs = []
+    seen = set()
     for line_no, item in iter_jsonl(path):
         where = f"{path}:{line_no}"
         for name in ("prompt", "chosen", "rejected"):
             if not isinstance(item.get(name), str):
                 raise ValueError(f"{where}: missing or non-string field '{name}'")
-        pair = PreferencePair(str(item.get("id", f"line-{line_no}")), item["prompt"], item["chosen"], item["rejected"],
-                              str(item.get("source", "default")), str(item.get("domain", "chat")))
+        pair = PreferencePair(str(item.get("id", f"line-{line_no}")), item["prompt"],
+                              item["chosen"], item["rejected"], str(item.get("source", "default")),
+                              str(item.get("domain", "chat")))
         if (pair.source, pair.id) in seen:
             raise ValueError(f"{where}: duplicate pair id {pair.id!r} in source {pair.source!r}")
         seen.add((pair.source, pair.id))
@@ -121,8 +131,8 @@ def load_pairs(path: str | Path) -> list[PreferencePair]:
     return pairs
 
 
-def pair_batches(pairs: list[PreferencePair], pairs_per_batch: int, seed: int, epoch: int, rank: int = 0,
-                 world_size: int = 1) -> list[list[PreferencePair]]:
+def pair_batches(pairs: list[PreferencePair], pairs_per_batch: int, seed: int, epoch: int,
+                 rank: int = 0, world_size: int = 1) -> list[list[PreferencePair]]:
     """Pairs shuffled as units and batched; rank r gets every world_size-th pair of each batch, so a
     pair's chosen and rejected sides always land in the same batch on the same rank."""
     order = list(range(len(pairs)))

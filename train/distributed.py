@@ -1,27 +1,18 @@
-"""Process group, FSDP2 sharding and the training module (decoder + fused chosen-token log-probs)."""
+"""The process group, each process's device, all-reduces and FSDP2 sharding."""
 from __future__ import annotations
 
 import os
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from kojudge.attention.varlen import CausalVarlenAttention
-from kojudge.kernels import chosen_logprobs
-from kojudge.model.decoder import Model
-
-# Packed batches are padded to a multiple of this many tokens. CPU bf16 matmuls run on oneDNN, which
-# builds and keeps kernels per input shape: batches of ever-new lengths grew an SFT process by ~25 MB a
-# step (10 GB in 400 steps); with few distinct shapes the growth stops.
-SHAPE_MULTIPLE = 256
+from kojudge.utils import process_device
 
 
 def training_device(device: str) -> torch.device:
-    """The configured device as this process's own: a bare 'cuda' is cuda:LOCAL_RANK under torchrun."""
-    from kojudge.app.jobs import process_device
-
+    """The configured device as this process's own: a bare 'cuda' is cuda:LOCAL_RANK under
+    torchrun."""
     try:
         resolved = torch.device(process_device(device))
     except RuntimeError:  # not a device name at all
@@ -55,41 +46,23 @@ def close_distributed() -> None:
 def all_reduce_sum(value: float, world: int) -> float:
     if world == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    t = torch.tensor([value], dtype=torch.float64,
+                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t)
     return float(t)
 
 
-class TokenLogprobs(nn.Module):
-    """log p(target) of every packed token; the head runs inside forward so FSDP keeps the (tied)
-    embedding / LM-head weight gathered while it is used."""
-
-    def __init__(self, model: Model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cu_seqlens: list[int], targets: torch.Tensor,
-                temperature: float = 1.0) -> torch.Tensor:
-        device = self.model.lm_head_weight.device  # batches are packed on the CPU
-        input_ids, positions, targets = input_ids.to(device), positions.to(device), targets.to(device)
-        tokens = input_ids.shape[0]
-        pad = -tokens % SHAPE_MULTIPLE
-        if pad:  # one more sequence, attending only to itself, whose log-probs nobody reads
-            input_ids, targets = F.pad(input_ids, (0, pad)), F.pad(targets, (0, pad))
-            positions = torch.cat([positions, torch.arange(pad, device=positions.device)])
-            cu_seqlens = [*cu_seqlens, tokens + pad]
-        hidden = self.model(input_ids, positions, CausalVarlenAttention(cu_seqlens))
-        return chosen_logprobs(hidden, self.model.lm_head_weight, targets, temperature)[0][:tokens]
-
-
-def shard(module: TokenLogprobs, world: int, dtype: torch.dtype) -> TokenLogprobs:
-    """FSDP2: one unit per decoder layer plus the root; parameters in `dtype`, gradients reduced in float32."""
+def shard(module: nn.Module, world: int, dtype: torch.dtype) -> nn.Module:
+    """FSDP2: one unit per decoder layer plus the root; parameters in `dtype`, gradients reduced in
+    float32."""
     if world == 1:
         return module
+    # Imported here: torch's FSDP modules take ~0.6 s to import, which a judging CLI run never
+    # needs.
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(module.model.lm_head_weight.device.type, (world,))
+    mesh = init_device_mesh(next(module.parameters()).device.type, (world,))
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for layer in module.model.layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy)

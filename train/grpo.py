@@ -1,7 +1,8 @@
-"""GRPO with the preference-aware reward (PaTaRM): rollouts from kojudge.Engine, PAR + format rewards,
-group-relative advantages, a clipped policy objective with an optional k3 KL term.
+"""GRPO with the preference-aware reward (PaTaRM): rollouts from kojudge.Engine, PAR + format
+rewards, group-relative advantages, a clipped policy objective with an optional k3 KL term.
 
-The loss pieces are pure functions (as in verl's core_algos); `train_grpo` is the loop.
+The loss pieces are pure functions (as in verl's core_algos); a step of `train_grpo` is rollouts,
+advantages, update and metrics, each a function of its own.
 """
 from __future__ import annotations
 
@@ -11,14 +12,23 @@ from typing import Sequence
 
 import torch
 
-from kojudge.judging.parsers import parse_pointwise
+from kojudge.judging.parsers import POINTWISE_STOP, parse_pointwise
+from kojudge.judging.pointwise import PointwiseJudge
+from kojudge.runtime.engine import Engine
+from kojudge.runtime.sampling import SamplingParams
+from kojudge.train.checkpoint import full_weights
 from kojudge.train.config import GRPOConfig
+from kojudge.train.data import PreferencePair, load_pairs, pair_batches
+from kojudge.train.distributed import all_reduce_sum, init_distributed, training_device
+from kojudge.train.loop import TrainingRun
+from kojudge.train.policy import TokenLogprobs, build_policy, compute_context
 from kojudge.train.rewards import par_rewards
 
 
 def group_advantages(rewards: Sequence[float] | torch.Tensor, group_ids: Sequence | torch.Tensor,
                      eps: float = 1e-6) -> torch.Tensor:
-    """(r - mean_g) / (std_g + eps) within each group; std is the unbiased one; a lone member gets 0."""
+    """(r - mean_g) / (std_g + eps) within each group; std is the unbiased one; a lone member gets
+    0."""
     rewards = torch.as_tensor(rewards, dtype=torch.float32)
     if isinstance(group_ids, torch.Tensor):
         group_ids = group_ids.tolist()
@@ -36,22 +46,26 @@ def group_advantages(rewards: Sequence[float] | torch.Tensor, group_ids: Sequenc
     return advantages
 
 
-def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float = 0.2
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token PPO loss -min(r A, clip(r, 1 - c, 1 + c) A), r = exp(logp - old_logp); and where it clipped."""
+def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                        clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO loss -min(r A, clip(r, 1 - c, 1 + c) A), r = exp(logp - old_logp); and where
+    it clipped."""
     ratio = torch.exp(logp - old_logp)
-    unclipped, clipped = ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip, 1 + clip) * advantages
     return -torch.minimum(unclipped, clipped), (clipped < unclipped).float()
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
-    """Per-token k3 estimate of KL(policy || reference): exp(d) - d - 1 with d = ref - logp, clamped."""
+    """Per-token k3 estimate of KL(policy || reference): exp(d) - d - 1 with d = ref - logp,
+    clamped."""
     d = (ref_logp - logp).clamp(-clamp, clamp)
     return (torch.exp(d) - d - 1).clamp(max=clamp)
 
 
 def token_mean(values: torch.Tensor, mask: torch.Tensor, total_tokens: float) -> torch.Tensor:
-    """Sum over this rank's masked tokens divided by the tokens of all ranks (token-mean aggregation)."""
+    """Sum over this rank's masked tokens divided by the tokens of all ranks (token-mean
+    aggregation)."""
     return (values * mask).sum() / total_tokens
 
 
@@ -67,60 +81,142 @@ class Rollout:
 
 def score_pairs(chosen: list[Rollout], rejected: list[Rollout], par: str) -> None:
     """Fill in each rollout's reward: PAR over the pair's two sides plus its own format reward."""
-    r_chosen, r_rejected = par_rewards([r.score for r in chosen], [r.score for r in rejected], par)
+    scores = ([r.score for r in chosen], [r.score for r in rejected])
+    r_chosen, r_rejected = par_rewards(*scores, par)
     for rollout, r in zip(chosen + rejected, r_chosen + r_rejected):
         rollout.reward = r + rollout.format_reward
 
 
-def collect_rollouts(engine, scorer, pairs, cfg: GRPOConfig, seed: int) -> list[Rollout]:
-    """n judge rollouts for each side of each pair, all in one engine batch; rewards filled in."""
-    from kojudge.runtime.sampling import SamplingParams
-
+def collect_rollouts(scorer: PointwiseJudge, pairs: list[PreferencePair], n: int, par: str,
+                     seed: int) -> list[Rollout]:
+    """n judge rollouts of each side of each pair, all in one engine batch, rewards filled in:
+    the chosen side's n, then the rejected side's, pair after pair."""
     prompts, groups = [], []
-    for p_index, pair in enumerate(pairs):
+    for pair in pairs:
         for side, response in (("chosen", pair.chosen), ("rejected", pair.rejected)):
             prompts.append(scorer.pointwise_prompt(pair.prompt, response, pair.domain))
             groups.append((pair.source, pair.id, side))
-    params = [SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                             seed=seed * 100_003 + k * cfg.rollouts + i, stop=["</answer>"],
-                             include_stop_str_in_output=True)
-              for k in range(len(prompts)) for i in range(cfg.rollouts)]
-    outs = engine.generate([p for p in prompts for _ in range(cfg.rollouts)], params)
+    seeds = [seed * 100_003 + k * n for k in range(len(prompts))]
     rollouts = []
-    for k, out in enumerate(outs):
-        parsed = parse_pointwise(out.text)
-        group = groups[k // cfg.rollouts]
-        rollouts.append(Rollout(out.prompt_token_ids, out.token_ids, parsed.score, parsed.format_reward, group=group))
-    n = cfg.rollouts
-    for p_index in range(len(pairs)):
-        base = 2 * n * p_index
-        score_pairs(rollouts[base: base + n], rollouts[base + n: base + 2 * n], cfg.par)
+    for group, outs in zip(groups, scorer.rollouts(prompts, n, seeds)):
+        for out in outs:
+            parsed = parse_pointwise(out.text)
+            rollouts.append(Rollout(out.prompt_token_ids, out.token_ids, parsed.score,
+                                    parsed.format_reward, group=group))
+    for base in range(0, len(rollouts), 2 * n):
+        score_pairs(rollouts[base: base + n], rollouts[base + n: base + 2 * n], par)
     return rollouts
 
 
-def _pack_rollouts(rollouts: list[Rollout]):
-    """Prompt + response of every rollout packed; targets are next tokens; mask marks response tokens."""
-    ids, positions, targets, mask, cu = [], [], [], [], [0]
-    for r in rollouts:
+@dataclass
+class PackedRollouts:
+    """Prompt + response of every rollout packed; targets are the next tokens; `mask` marks the
+    response tokens; `advantages` is each token's rollout advantage."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    cu_seqlens: list[int]
+    targets: torch.Tensor
+    mask: torch.Tensor
+    advantages: torch.Tensor
+
+    def logprobs(self, module: TokenLogprobs) -> torch.Tensor:
+        return module(self.input_ids, self.positions, self.cu_seqlens, self.targets)
+
+
+def pack_rollouts(rollouts: list[Rollout], advantages: torch.Tensor,
+                  device: torch.device) -> PackedRollouts:
+    ids = []
+    positions = []
+    targets = []
+    mask = []
+    token_adv = []
+    cu = [0]
+    for r, advantage in zip(rollouts, advantages.tolist()):
         seq = r.prompt_ids + r.response_ids
         ids += seq
         positions += range(len(seq))
         targets += seq[1:] + [0]
         mask += [0.0] * (len(r.prompt_ids) - 1) + [1.0] * len(r.response_ids) + [0.0]
+        token_adv += [advantage] * len(seq)
         cu.append(len(ids))
-    return (torch.tensor(ids), torch.tensor(positions), cu, torch.tensor(targets), torch.tensor(mask))
+    return PackedRollouts(torch.tensor(ids), torch.tensor(positions), cu, torch.tensor(targets),
+                          torch.tensor(mask, device=device),
+                          torch.tensor(token_adv, device=device))
+
+
+def rollout_advantages(rollouts: list[Rollout], normalize: str) -> torch.Tensor:
+    """Group-relative advantages within each judge prompt's n rollouts, or each pair's 2n."""
+    groups = [r.group if normalize == "prompt" else r.group[:2] for r in rollouts]
+    return group_advantages([r.reward for r in rollouts], groups)
+
+
+def policy_update(run: TrainingRun, ref_module: TokenLogprobs | None, batch: PackedRollouts,
+                  step: int) -> dict:
+    """cfg.ppo_epochs clipped updates on one batch of rollouts -> loss, kl, clip_fraction,
+    grad_norm (averaged over the epochs)."""
+    cfg, world, module = run.cfg, run.world, run.module
+    device = batch.mask.device
+    tokens = all_reduce_sum(float(batch.mask.sum()), world)
+    with torch.no_grad(), compute_context(cfg.dtype, world, device):
+        module.eval()
+        old_logp = batch.logprobs(module)
+        ref_logp = batch.logprobs(ref_module) if ref_module is not None else None
+    stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+    for _ in range(cfg.ppo_epochs):
+        module.train()
+        with compute_context(cfg.dtype, world, device):
+            logp = batch.logprobs(module)
+            per_token, clipped = clipped_policy_loss(logp, old_logp, batch.advantages, cfg.clip)
+            loss = token_mean(per_token, batch.mask, tokens)
+            if ref_logp is not None:
+                kl = token_mean(kl_k3(logp, ref_logp), batch.mask, tokens)
+                loss = loss + cfg.kl_coef * kl
+                stats["kl"] = all_reduce_sum(float(kl.detach()), world) / cfg.ppo_epochs
+        (loss * world).backward()
+        stats["grad_norm"] = run.update(step)
+        stats["loss"] += all_reduce_sum(float(loss.detach()), world) / cfg.ppo_epochs
+        clip_fraction = float(token_mean(clipped, batch.mask, tokens))
+        stats["clip_fraction"] += all_reduce_sum(clip_fraction, world) / cfg.ppo_epochs
+    stats["response_tokens"] = int(tokens)
+    return stats
+
+
+def rollout_metrics(rollouts: list[Rollout], n: int, num_pairs: int, world: int) -> dict:
+    """Mean rewards over every rank's rollouts, the valid-score rate, and pair accuracy: the
+    share of pairs whose chosen side's mean score beats the rejected side's."""
+    count = all_reduce_sum(len(rollouts), world)
+
+    def mean(values: list[float]) -> float:
+        return all_reduce_sum(sum(values), world) / count
+
+    chosen_wins = sum(1 for k in range(0, len(rollouts), 2 * n)
+                      if _mean_score(rollouts[k: k + n]) > _mean_score(rollouts[k + n: k + 2 * n]))
+    return {"reward": mean([r.reward for r in rollouts]),
+            "par_reward": mean([r.reward - r.format_reward for r in rollouts]),
+            "format_reward": mean([r.format_reward for r in rollouts]),
+            "valid_score_rate": mean([float(r.score is not None) for r in rollouts]),
+            "pair_accuracy": all_reduce_sum(chosen_wins, world) / all_reduce_sum(num_pairs, world)}
+
+
+def _mean_score(rollouts: list[Rollout]) -> float:
+    """Mean of the valid scores; -inf when none is valid (so such a side never wins)."""
+    valid = [r.score for r in rollouts if r.score is not None]
+    return sum(valid) / len(valid) if valid else float("-inf")
+
+
+def rollout_scorer(cfg: GRPOConfig, device: torch.device) -> PointwiseJudge:
+    """The pointwise judge the rollouts come from: an engine on the starting weights, sampling
+    as the config says."""
+    engine = Engine(cfg.model, dtype=cfg.rollout_dtype, device=str(device))
+    params = SamplingParams(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            top_p=cfg.top_p, stop=[POINTWISE_STOP],
+                            include_stop_str_in_output=True)
+    return PointwiseJudge(engine, rubrics=cfg.rubrics, params=params, template=cfg.template)
 
 
 def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
     """Runs (or resumes) GRPO-PAR; returns the metrics records written by this call."""
-    from kojudge.runtime.engine import Engine
-    from kojudge.judging.pointwise import PointwiseJudge
-    from kojudge.train.loop import (MetricsLog, apply_update, build_policy, checkpoint, compute_context, finish_step,
-                                      learning_rate, make_optimizer, resume)
-    from kojudge.train.checkpoint import full_weights
-    from kojudge.train.data import load_pairs, pair_batches
-    from kojudge.train.distributed import all_reduce_sum, init_distributed, training_device
-
     device = training_device(cfg.device)
     rank, world = init_distributed(device)
     if cfg.normalize not in ("prompt", "pair"):
@@ -130,76 +226,24 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
     torch.manual_seed(cfg.seed)
     pairs = load_pairs(cfg.data)
     steps_per_epoch = len(pair_batches(pairs, cfg.pairs_per_batch, cfg.seed, 0))
-    total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    module = build_policy(cfg.model, world, cfg.dtype, device)
+    run = TrainingRun(cfg, rank, world, device, cfg.max_steps or steps_per_epoch * cfg.epochs)
     # The KL reference is the starting model, frozen (unsharded: judges trained here are small).
-    ref_module = build_policy(cfg.model, 1, cfg.dtype, device).eval() if cfg.kl_coef > 0 else None
-    optimizer = make_optimizer(module, cfg.lr, cfg.weight_decay)
-    step = resume(module, optimizer, cfg.output)["step"]
-    log = MetricsLog(cfg.output, rank)
-    log.truncate_after(step)
-    engine = Engine(cfg.model, dtype=cfg.rollout_dtype, device=str(device))
-    scorer = PointwiseJudge(engine, rubrics=cfg.rubrics, template=cfg.template)
-    records, bar = [], None
-    if progress and rank == 0:
-        from tqdm import tqdm
+    ref_module = None
+    if cfg.kl_coef > 0:
+        ref_module = build_policy(cfg.model, 1, cfg.dtype, device).eval()
+    scorer = rollout_scorer(cfg, device)
 
-        bar = tqdm(total=total, initial=step, desc="grpo", unit="step")
-    while step < total:
+    def one_step(step: int) -> dict:
         start = time.perf_counter()
         epoch, index = divmod(step, steps_per_epoch)
         batch = pair_batches(pairs, cfg.pairs_per_batch, cfg.seed, epoch, rank, world)[index]
-        engine.update_weights(full_weights(module))  # rollouts from the current policy, no disk round trip
-        rollouts = collect_rollouts(engine, scorer, batch, cfg, seed=cfg.seed + 7919 * step + rank)
-        rewards = [r.reward for r in rollouts]
-        group_of = [r.group if cfg.normalize == "prompt" else r.group[:2] for r in rollouts]
-        advantages = group_advantages(rewards, group_of)
-        ids, positions, cu, targets, mask = _pack_rollouts(rollouts)
-        token_adv = torch.cat([torch.full((cu[k + 1] - cu[k],), float(a)) for k, a in enumerate(advantages)])
-        mask, token_adv = mask.to(device), token_adv.to(device)
-        tokens = all_reduce_sum(float(mask.sum()), world)
-        with torch.no_grad(), compute_context(cfg.dtype, world, device):
-            module.eval()
-            old_logp = module(ids, positions, cu, targets)
-            ref_logp = ref_module(ids, positions, cu, targets) if ref_module is not None else None
-        stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
-        for _ in range(cfg.ppo_epochs):
-            module.train()
-            with compute_context(cfg.dtype, world, device):
-                logp = module(ids, positions, cu, targets)
-                per_token, clipped = clipped_policy_loss(logp, old_logp, token_adv, cfg.clip)
-                loss = token_mean(per_token, mask, tokens)
-                if ref_logp is not None:
-                    kl = token_mean(kl_k3(logp, ref_logp), mask, tokens)
-                    loss = loss + cfg.kl_coef * kl
-                    stats["kl"] = all_reduce_sum(float(kl.detach()), world) / cfg.ppo_epochs
-            (loss * world).backward()
-            grad_norm = apply_update(module, optimizer, learning_rate(step, cfg.lr, cfg.warmup_steps, total,
-                                                                      cfg.min_lr_ratio), cfg.max_grad_norm)
-            stats["loss"] += all_reduce_sum(float(loss.detach()), world) / cfg.ppo_epochs
-            stats["clip_fraction"] += all_reduce_sum(float(token_mean(clipped, mask, tokens)), world) / cfg.ppo_epochs
-        step += 1
-        n_roll = all_reduce_sum(len(rollouts), world)
-        valid = [r.score for r in rollouts if r.score is not None]
-        chosen_wins = sum(
-            1 for k in range(0, len(rollouts), 2 * cfg.rollouts)
-            if _mean([r.score for r in rollouts[k: k + cfg.rollouts]]) > _mean([r.score for r in rollouts[k + cfg.rollouts: k + 2 * cfg.rollouts]]))
-        record = {"step": step, **stats, "grad_norm": grad_norm,
-                  "reward": all_reduce_sum(sum(rewards), world) / n_roll,
-                  "par_reward": all_reduce_sum(sum(r.reward - r.format_reward for r in rollouts), world) / n_roll,
-                  "format_reward": all_reduce_sum(sum(r.format_reward for r in rollouts), world) / n_roll,
-                  "valid_score_rate": all_reduce_sum(len(valid), world) / n_roll,
-                  "pair_accuracy": all_reduce_sum(chosen_wins, world) / all_reduce_sum(len(batch), world),
-                  "response_tokens": int(tokens), "seconds": time.perf_counter() - start}
-        finish_step(record, records, log, bar, "reward")
-        if step % cfg.save_every == 0 or step == total:
-            checkpoint(module, optimizer, cfg.model, cfg.output, {"step": step}, rank, final=step == total)
-    if bar is not None:
-        bar.close()
-    return records
+        # Rollouts from the current policy, with no round trip through the disk.
+        scorer.engine.update_weights(full_weights(run.module))
+        seed = cfg.seed + 7919 * step + rank
+        rollouts = collect_rollouts(scorer, batch, cfg.rollouts, cfg.par, seed)
+        advantages = rollout_advantages(rollouts, cfg.normalize)
+        stats = policy_update(run, ref_module, pack_rollouts(rollouts, advantages, device), step)
+        metrics = rollout_metrics(rollouts, cfg.rollouts, len(batch), world)
+        return {**stats, **metrics, "seconds": time.perf_counter() - start}
 
-
-def _mean(scores: list[float | None]) -> float:
-    """Mean of valid scores; -inf when none is valid (so such a side never wins)."""
-    valid = [s for s in scores if s is not None]
-    return sum(valid) / len(valid) if valid else float("-inf")
+    return run.run(one_step, "grpo", "reward", progress)

@@ -1,53 +1,36 @@
-"""Pieces both training stages share: the policy, optimizer and schedule, metrics, checkpoints."""
+"""The skeleton SFT and GRPO share: the policy and its optimizer, the learning-rate schedule,
+resuming from the newest training state, one metrics record per step, and checkpoints."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
+from tqdm import tqdm
 
-from kojudge.model.config import load_config
-from kojudge.model.decoder import Model
 from kojudge.train.checkpoint import full_weights, latest_state, load_state, save_hf, save_state
-from kojudge.train.distributed import TokenLogprobs, shard
-from kojudge.model.weights import load_weights
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from kojudge.train.config import GRPOConfig, SFTConfig
+from kojudge.train.policy import TokenLogprobs, build_policy
 
 
-def build_policy(model_dir: str | Path, world: int, dtype: str, device: torch.device = torch.device("cpu")
-                 ) -> TokenLogprobs:
-    """The decoder in float32 master weights on `device`, sharded with FSDP2 across ranks."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    model = Model(load_config(model_dir))
-    load_weights(model, model_dir)
-    return shard(TokenLogprobs(model.to(device)), world, DTYPES[dtype])
-
-
-def compute_context(dtype: str, world: int, device: torch.device = torch.device("cpu")):
-    """bf16 autocast for a single process (FSDP's mixed-precision policy covers the sharded case)."""
-    if dtype == "bfloat16" and world == 1:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def make_optimizer(module: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(module: torch.nn.Module, lr: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 def learning_rate(step: int, lr: float, warmup: int, total: int, min_lr_ratio: float) -> float:
-    """Linear warmup, then cosine decay to lr * min_lr_ratio at `total` steps. A function of the step
-    alone, so a resumed run needs no scheduler state."""
+    """Linear warmup, then cosine decay to lr * min_lr_ratio at `total` steps. A function of the
+    step alone, so a resumed run needs no scheduler state."""
     if step < warmup:
         return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def apply_update(module: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float) -> float:
+def apply_update(module: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
+                 max_grad_norm: float) -> float:
     """Clip, step at `lr`, clear gradients; returns the gradient norm before clipping."""
     grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_grad_norm)
     for group in optimizer.param_groups:
@@ -68,7 +51,8 @@ class MetricsLog:
         """Drop records past `step` (written after the checkpoint a resumed run starts from)."""
         if self.rank or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        keep = [line for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:
@@ -78,26 +62,57 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def finish_step(record: dict, records: list[dict], log: MetricsLog, bar, shown: str) -> None:
-    """Log a step's record, keep it, and show `shown` on the progress bar."""
-    log.write(record)
-    records.append(record)
-    if bar is not None:
-        bar.update(1)
-        bar.set_postfix({shown: f"{record[shown]:.4f}"})
+class TrainingRun:
+    """One stage's policy, optimizer and bookkeeping. `run(one_step)` calls one_step(step) for
+    every step from the resumed one to `total`, each returning that step's metrics."""
 
+    def __init__(self, cfg: SFTConfig | GRPOConfig, rank: int, world: int, device: torch.device,
+                 total: int):
+        self.cfg = cfg
+        self.rank = rank
+        self.world = world
+        self.total = total
+        self.module = build_policy(cfg.model, world, cfg.dtype, device)
+        self.optimizer = make_optimizer(self.module, cfg.lr, cfg.weight_decay)
+        state_dir = latest_state(cfg.output)
+        meta = load_state(self.module, self.optimizer, state_dir) if state_dir else {"step": 0}
+        self.step = meta["step"]
+        self.log = MetricsLog(cfg.output, rank)
+        self.log.truncate_after(self.step)
 
-def resume(module: TokenLogprobs, optimizer: torch.optim.Optimizer, output: str | Path) -> dict:
-    """Load the newest training state under `output`, if any; its metadata, or a fresh start."""
-    state_dir = latest_state(output)
-    return load_state(module, optimizer, state_dir) if state_dir else {"step": 0}
+    def lr(self, step: int) -> float:
+        cfg = self.cfg
+        return learning_rate(step, cfg.lr, cfg.warmup_steps, self.total, cfg.min_lr_ratio)
 
+    def update(self, step: int) -> float:
+        """The optimizer step at `step`'s learning rate; returns the gradient norm."""
+        return apply_update(self.module, self.optimizer, self.lr(step), self.cfg.max_grad_norm)
 
-def checkpoint(module: TokenLogprobs, optimizer: torch.optim.Optimizer, base_model: str, output: str | Path,
-               meta: dict, rank: int, final: bool = False) -> None:
-    """Training state under output/state-<step>/ and a HF model under output/checkpoint-<step>/ (or final/)."""
-    output = Path(output)
-    save_state(module, optimizer, output / f"state-{meta['step']}", meta, rank)
-    weights = full_weights(module)
-    if rank == 0:
-        save_hf(weights, module, base_model, output / ("final" if final else f"checkpoint-{meta['step']}"))
+    def run(self, one_step: Callable[[int], dict], name: str, shown: str,
+            progress: bool = True) -> list[dict]:
+        """Every remaining step; returns the metrics records this call wrote."""
+        records = []
+        with tqdm(total=self.total, initial=self.step, desc=name, unit="step",
+                  disable=not progress or self.rank != 0) as bar:
+            while self.step < self.total:
+                record = one_step(self.step)
+                self.step += 1
+                record = {"step": self.step, **record}
+                self.log.write(record)
+                records.append(record)
+                bar.update(1)
+                bar.set_postfix({shown: f"{record[shown]:.4f}"})
+                if self.step % self.cfg.save_every == 0 or self.step == self.total:
+                    self.checkpoint(final=self.step == self.total)
+        return records
+
+    def checkpoint(self, final: bool) -> None:
+        """The training state under output/state-<step>/ and a HF model under
+        output/checkpoint-<step>/ (or final/)."""
+        output = Path(self.cfg.output)
+        meta = {"step": self.step}
+        save_state(self.module, self.optimizer, output / f"state-{self.step}", meta, self.rank)
+        weights = full_weights(self.module)
+        if self.rank == 0:
+            name = "final" if final else f"checkpoint-{self.step}"
+            save_hf(weights, self.module, self.cfg.model, output / name)

@@ -1,4 +1,5 @@
-"""Rewards for GRPO-PAR: the preference-aware reward (PaTaRM) and the format reward. Pure functions."""
+"""Rewards for GRPO-PAR: the preference-aware reward (PaTaRM) and the format reward. Pure
+functions."""
 from __future__ import annotations
 
 import math
@@ -27,7 +28,8 @@ def _valid(scores: Sequence[Score]) -> list[float]:
 
 def par_rewards(chosen_scores: Sequence[Score], rejected_scores: Sequence[Score], f: str = "graded"
                 ) -> tuple[list[float], list[float]]:
-    """PAR for one preference pair's rollouts: (rewards of chosen rollouts, rewards of rejected rollouts).
+    """PAR for one preference pair's rollouts: (rewards of chosen rollouts, rewards of rejected
+    rollouts).
 
     R(chosen_i) = 1[s_i > mean(rejected)] * f(s_i - mean(rejected));
     R(rejected_j) = 1[s_j < mean(chosen)] * f(s_j - mean(chosen)).

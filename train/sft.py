@@ -6,11 +6,12 @@ import time
 import torch
 
 from kojudge.model.tokenizer import Tokenizer
-from kojudge.train.loop import (MetricsLog, apply_update, build_policy, checkpoint, compute_context, finish_step,
-                                  learning_rate, make_optimizer, resume)
 from kojudge.train.config import SFTConfig
 from kojudge.train.data import IGNORE, PackedBatch, load_sft, pack, sft_batches
-from kojudge.train.distributed import TokenLogprobs, all_reduce_sum, init_distributed, training_device
+from kojudge.train.distributed import all_reduce_sum, init_distributed, training_device
+from kojudge.train.loop import TrainingRun, apply_update
+from kojudge.train.policy import TokenLogprobs, compute_context
+from kojudge.utils import ceil_div
 
 
 def token_loss_sum(module: TokenLogprobs, batch: PackedBatch) -> torch.Tensor:
@@ -19,10 +20,12 @@ def token_loss_sum(module: TokenLogprobs, batch: PackedBatch) -> torch.Tensor:
     return -(logp * (batch.labels != IGNORE).to(logp.device)).sum()
 
 
-def sft_step(module: TokenLogprobs, optimizer: torch.optim.Optimizer, micro_batches: list[PackedBatch], world: int,
-             dtype: str, lr: float, max_grad_norm: float) -> dict:
-    """One optimizer step over this rank's micro-batches. The loss is the mean over every loss token of
-    the step, all ranks together; FSDP averages gradients over ranks, hence the factor `world`."""
+def sft_step(module: TokenLogprobs, optimizer: torch.optim.Optimizer,
+             micro_batches: list[PackedBatch], world: int, dtype: str, lr: float,
+             max_grad_norm: float) -> dict:
+    """One optimizer step over this rank's micro-batches. The loss is the mean over every loss
+    token of the step, all ranks together; FSDP averages gradients over ranks, hence the factor
+    `world`."""
     tokens = all_reduce_sum(sum(b.num_loss_tokens for b in micro_batches), world)
     module.train()
     loss_sum = 0.0
@@ -32,7 +35,8 @@ def sft_step(module: TokenLogprobs, optimizer: torch.optim.Optimizer, micro_batc
         (loss * world / tokens).backward()
         loss_sum += float(loss.detach())
     grad_norm = apply_update(module, optimizer, lr, max_grad_norm)
-    return {"loss": all_reduce_sum(loss_sum, world) / tokens, "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens)}
+    return {"loss": all_reduce_sum(loss_sum, world) / tokens, "lr": lr, "grad_norm": grad_norm,
+            "tokens": int(tokens)}
 
 
 @torch.no_grad()
@@ -52,41 +56,33 @@ def train_sft(cfg: SFTConfig, progress: bool = True) -> list[dict]:
     device = training_device(cfg.device)
     rank, world = init_distributed(device)
     if cfg.batch_size < world:
-        raise ValueError(f"batch_size {cfg.batch_size} < {world} ranks: every rank needs a sequence per micro-batch")
+        raise ValueError(f"batch_size {cfg.batch_size} < {world} ranks: every rank needs a "
+                         "sequence per micro-batch")
     torch.manual_seed(cfg.seed)
     tokenizer = Tokenizer(cfg.model)
     examples = load_sft(cfg.data, tokenizer, cfg.max_length)
-    eval_examples = load_sft(cfg.eval_data, tokenizer, cfg.max_length) if cfg.eval_data else None
-    steps_per_epoch = -(-len(sft_batches(examples, cfg.batch_size, cfg.seed, 0)) // cfg.grad_accum)
-    total = cfg.max_steps or steps_per_epoch * cfg.epochs
-    module = build_policy(cfg.model, world, cfg.dtype, device)
-    optimizer = make_optimizer(module, cfg.lr, cfg.weight_decay)
-    step = resume(module, optimizer, cfg.output)["step"]
-    log = MetricsLog(cfg.output, rank)
-    log.truncate_after(step)
-    records = []
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
+    eval_examples = None
+    if cfg.eval_data:
+        eval_examples = load_sft(cfg.eval_data, tokenizer, cfg.max_length)
+    batches_per_epoch = len(sft_batches(examples, cfg.batch_size, cfg.seed, 0))
+    steps_per_epoch = ceil_div(batches_per_epoch, cfg.grad_accum)
+    run = TrainingRun(cfg, rank, world, device, cfg.max_steps or steps_per_epoch * cfg.epochs)
 
-        bar = tqdm(total=total, initial=step, desc="sft", unit="step")
-    while step < total:
+    def one_step(step: int) -> dict:
+        start = time.perf_counter()
         epoch, index = divmod(step, steps_per_epoch)
         batches = sft_batches(examples, cfg.batch_size, cfg.seed, epoch)
         micro = batches[index * cfg.grad_accum: (index + 1) * cfg.grad_accum]
-        start = time.perf_counter()
-        lr = learning_rate(step, cfg.lr, cfg.warmup_steps, total, cfg.min_lr_ratio)
-        record = sft_step(module, optimizer, [pack(b[rank::world]) for b in micro if b[rank::world]], world,
-                          cfg.dtype, lr, cfg.max_grad_norm)
-        step += 1
-        record = {"step": step, **record, "tokens_per_s": record["tokens"] / (time.perf_counter() - start)}
-        if eval_examples is not None and (step % cfg.eval_every == 0 or step == total):
-            module.eval()
+        packed = [pack(b[rank::world]) for b in micro if b[rank::world]]
+        record = sft_step(run.module, run.optimizer, packed, world, cfg.dtype, run.lr(step),
+                          cfg.max_grad_norm)
+        record["tokens_per_s"] = record["tokens"] / (time.perf_counter() - start)
+        done = step + 1
+        if eval_examples is not None and (done % cfg.eval_every == 0 or done == run.total):
+            run.module.eval()
             with compute_context(cfg.dtype, world, device):
-                record["eval_loss"] = evaluate(module, eval_examples, cfg.batch_size, rank, world)
-        finish_step(record, records, log, bar, "loss")
-        if step % cfg.save_every == 0 or step == total:
-            checkpoint(module, optimizer, cfg.model, cfg.output, {"step": step}, rank, final=step == total)
-    if bar is not None:
-        bar.close()
-    return records
+                record["eval_loss"] = evaluate(run.module, eval_examples, cfg.batch_size, rank,
+                                               world)
+        return record
+
+    return run.run(one_step, "sft", "loss", progress)

@@ -1,37 +1,24 @@
-"""Long judging jobs: validated JSONL input, results appended as they finish, resume, rank sharding."""
+"""Long judging jobs: validated JSONL input, results appended as they finish, resume, rank
+sharding."""
 from __future__ import annotations
 
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
+
+from kojudge.utils import iter_jsonl
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line; bad JSON names the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(item).__name__}")
-            yield line_no, item
-
-
-def read_jsonl(path: str | Path, fields: dict[str, type | tuple[type, ...]]) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path,
+               fields: dict[str, type | tuple[type, ...]]) -> list[dict[str, Any]]:
     """Every item of a JSONL file, checked up front so a bad line fails before any work starts.
 
     `fields` maps required field names to their types; an item without "id" gets "line-N".
     """
-    items, seen = [], set()
+    items = []
+    seen = set()
     for line_no, item in iter_jsonl(path):
         for name, kind in fields.items():
             if name not in item:
@@ -90,18 +77,14 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def process_device(device: str) -> str:
-    """Under torchrun each process takes its own GPU: a bare 'cuda' becomes cuda:LOCAL_RANK."""
-    local_rank = os.environ.get("LOCAL_RANK")
-    return f"cuda:{local_rank}" if device == "cuda" and local_rank is not None else device
-
-
 def shard_path(output: Path, rank: int, world: int) -> Path:
     return output if world == 1 else output.with_name(f"{output.name}.rank{rank}-of-{world}")
 
 
-def merge_shards(output: Path, world: int, order: Iterable, poll_s: float = 0.5, timeout_s: float = 24 * 3600) -> None:
-    """Rank 0: wait until every rank marked its shard done, then write all records in input order."""
+def merge_shards(output: Path, world: int, order: Iterable, poll_s: float = 0.5,
+                 timeout_s: float = 24 * 3600) -> None:
+    """Rank 0: wait until every rank marked its shard done, then write all records in input
+    order."""
     shards = [shard_path(output, r, world) for r in range(world)]
     deadline = time.monotonic() + timeout_s
     while not all(Path(f"{s}.done").exists() for s in shards):

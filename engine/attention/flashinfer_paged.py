@@ -4,15 +4,16 @@
 flashinfer reads our KV pool in place: a layer's [kv_heads, num_blocks, block_size, d] blocks,
 transposed, are its "HND" pages [num_blocks, kv_heads, block_size, d] (it takes the strides of the
 tensors it is given, so no copy). A step is two batched calls, as with the Triton kernels: every
-decode and prefill span over its own keys (causal, each run's queries aligned to the end of its keys),
-then the queries of every shared prefix over that prefix, merged by LSE. flashinfer's LSE is in base 2
-and only ever meets its own merge_state.
+decode and prefill span over its own keys (causal, each run's queries aligned to the end of its
+keys), then the queries of every shared prefix over that prefix, merged by LSE. flashinfer's LSE is
+in base 2 and only ever meets its own merge_state.
 """
 from __future__ import annotations
 
 import torch
 
 from kojudge.attention.batch import KeyRuns, KVCache, PagedBatch
+from kojudge.utils import ceil_div
 
 WORKSPACE_BYTES = 128 * 2**20  # flashinfer's recommended scratch size for split-KV partial results
 
@@ -37,7 +38,7 @@ def _page_table(runs: KeyRuns, block_size: int, device: torch.device
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Runs as flashinfer's CSR tables: (qo_indptr [n + 1], kv page indptr [n + 1], page indices,
     entries used in each last page [n])."""
-    pages = [-(-n // block_size) for n in runs.kv_lens]
+    pages = [ceil_div(n, block_size) for n in runs.kv_lens]
     as_int = lambda xs: torch.tensor(xs, dtype=torch.int32, device=device)  # noqa: E731
     page_indptr = as_int([0] + pages).cumsum(0, dtype=torch.int32)
     indices = torch.cat([b[:p] for b, p in zip(runs.blocks, pages)]).to(torch.int32)
@@ -47,23 +48,28 @@ def _page_table(runs: KeyRuns, block_size: int, device: torch.device
 
 class FlashInferStep:
     def __init__(self, backend: FlashInferAttention, cache: KVCache, batch: PagedBatch):
-        self.backend, self.cache, self.batch = backend, cache, batch
+        self.backend = backend
+        self.cache = cache
+        self.batch = batch
         self.own = KeyRuns.own(batch, cache.block_size)
         self.shared = KeyRuns.shared(batch, cache.block_size)
         self.planned = False  # at the first layer, which knows the number of query heads
 
     def _plan(self, q: torch.Tensor) -> None:
         kv_heads, _, d = self.cache.k.shape[1:]
-        bs, dtype, device = self.cache.block_size, self.cache.k.dtype, q.device
+        bs = self.cache.block_size
+        dtype = self.cache.k.dtype
+        device = q.device
         shape = (q.shape[1], kv_heads, d, bs)
-        self.backend.own_keys.plan(*_page_table(self.own, bs, device), *shape, causal=True, q_data_type=dtype,
-                                   kv_data_type=dtype)
+        self.backend.own_keys.plan(*_page_table(self.own, bs, device), *shape, causal=True,
+                                   q_data_type=dtype, kv_data_type=dtype)
         if self.shared is not None:
-            self.backend.prefix_keys.plan(*_page_table(self.shared[0], bs, device), *shape, causal=False,
-                                          q_data_type=dtype, kv_data_type=dtype)
+            self.backend.prefix_keys.plan(*_page_table(self.shared[0], bs, device), *shape,
+                                          causal=False, q_data_type=dtype, kv_data_type=dtype)
         self.planned = True
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor) -> torch.Tensor:
         if not self.planned:
             self._plan(q)
         self.cache.store(layer, k, v, self.batch.slot_mapping)

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from kojudge.attention.batch import KVCache, PagedBatch, as_range
-from kojudge.kernels.cpu_attention import (CAUSAL_SPLIT_MIN_ROWS, additive_mask, attention_with_lse,
-                                           causal_attention_with_lse, flash_cpu_runs, merge_states,
-                                           partial_attention)
+from kojudge.kernels.cpu_attention import (CAUSAL_SPLIT_MIN_ROWS, additive_mask,
+                                           attention_with_lse, causal_attention_with_lse,
+                                           flash_cpu_runs, merge_states, partial_attention)
 
 Attended = tuple[torch.Tensor, torch.Tensor | None]  # (out [M, heads, d], LSE [M, heads] or None)
 
@@ -43,7 +43,8 @@ class PagedAttention:
         # GQA group) for the paths that read one, then reused by every other layer.
         self.span_masks: dict[int, torch.Tensor] = {}
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor) -> torch.Tensor:
         batch = self.batch
         self.cache.store(layer, k, v, batch.slot_mapping)
         k_blocks, v_blocks = self.cache.blocks(layer)  # [kv_heads, num_blocks, block_size, d]
@@ -81,7 +82,8 @@ class PagedAttention:
 
     def _span(self, i: int, q: torch.Tensor, k_blocks: torch.Tensor,
               v_blocks: torch.Tensor) -> Attended:
-        span, blocks = self.batch.prefills[i], self.span_blocks[i]
+        span = self.batch.prefills[i]
+        blocks = self.span_blocks[i]
         num_keys = span.context_len - span.key_start
         keys = k_blocks[:, blocks].flatten(1, 2)[:, :num_keys]  # [kv_heads, S, d]
         values = v_blocks[:, blocks].flatten(1, 2)[:, :num_keys]

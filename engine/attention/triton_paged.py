@@ -31,11 +31,13 @@ class TritonPagedAttention:
 
         rows = [end - start for start, end in zip(runs.q_start, runs.q_start[1:])]
         q_offsets = [n - r if causal else 0 for n, r in zip(runs.kv_lens, rows)]
-        return dict(q_start=as_int(runs.q_start), block_tables=tables, kv_lens=as_int(runs.kv_lens),
-                    q_offsets=as_int(q_offsets), block_size=self.cache.block_size, causal=causal,
-                    max_queries=runs.max_rows, max_kv_len=max(runs.kv_lens))
+        return dict(q_start=as_int(runs.q_start), block_tables=tables,
+                    kv_lens=as_int(runs.kv_lens), q_offsets=as_int(q_offsets),
+                    block_size=self.cache.block_size, causal=causal, max_queries=runs.max_rows,
+                    max_kv_len=max(runs.kv_lens))
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor) -> torch.Tensor:
         k_cache, v_cache = self.cache.k[layer], self.cache.v[layer]
         store_kv_triton(k, v, k_cache, v_cache, self.batch.slot_mapping)
         out, lse = paged_attention_triton(q, k_cache, v_cache, **self.own)

@@ -10,7 +10,8 @@ class CausalVarlenAttention:
     def __init__(self, cu_seqlens: list[int]):
         self.cu_seqlens = cu_seqlens
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor) -> torch.Tensor:
         outputs = []
         for start, end in zip(self.cu_seqlens[:-1], self.cu_seqlens[1:]):
             rows = slice(start, end)

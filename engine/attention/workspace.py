@@ -57,7 +57,8 @@ class DecodeWorkspace:
         """No sequence decodes this step: every row is free."""
         self.rows = {}
 
-    def plan(self, decodes: list[DecodeRequest]) -> tuple[WorkspaceStep, torch.Tensor | None] | None:
+    def plan(self,
+             decodes: list[DecodeRequest]) -> tuple[WorkspaceStep, torch.Tensor | None] | None:
         """Give each of the B decodes a row in [0, B) -> (the step, mask [B, 1, 1, length] in row
         order or None), or None where the workspace would not fit.
 
@@ -154,7 +155,9 @@ class DecodeWorkspace:
             rows = max(rows, old_rows)
             grown = old_capacity * 3 // 2 // bs * bs if length > old_capacity else old_capacity
             capacity = max(capacity, grown)
-        self.k, self.v, self.rows = [], [], {}  # let the old storage go first
+        self.k = []
+        self.v = []
+        self.rows = {}
         layers, kv_heads, _, d = self.cache.k.shape
         column_bytes = 2 * layers * kv_heads * d * self.cache.k.element_size()
         most_columns = self.budget_bytes // (column_bytes * num_rows) // bs * bs
@@ -194,7 +197,8 @@ class DecodeWorkspace:
             out, lse = FLASH_CPU(q, keys, values, attn_mask=bias)
         else:
             out, lse = partial_attention(q, keys, values, bias)
-        out, lse = out.reshape(rows, -1, d), lse.reshape(rows, -1)
+        out = out.reshape(rows, -1, d)
+        lse = lse.reshape(rows, -1)
         if step.decode_rows is not None:
             out, lse = out[step.decode_rows], lse[step.decode_rows]
         return out, lse

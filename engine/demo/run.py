@@ -1,8 +1,9 @@
 """`kojudge demo`: best-of-N on held-out synthetic additions with a small trained judge.
 
 Every question's knockout runs through the engine at once (PairJudge.best_of_n_many); the table
-compares the knockout's pick with a random pick, answer majority vote, the pointwise mean vote (each
-distinct candidate scored 0-10 by sampled PointwiseJudge rollouts, highest mean wins) and the oracle.
+compares the knockout's pick with a random pick, answer majority vote, the pointwise mean vote
+(each distinct candidate scored 0-10 by sampled PointwiseJudge rollouts, highest mean wins) and the
+oracle.
 """
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
+
+from kojudge.demo.synthetic import make_problem, sample_candidates
+from kojudge.judging.pairjudge import STOP, PairJudge
+from kojudge.judging.parsers import POINTWISE_STOP
+from kojudge.judging.pointwise import PointwiseJudge
+from kojudge.runtime.engine import Engine
+from kojudge.runtime.sampling import SamplingParams
 
 HELD_OUT_SEED = 10_000  # training data uses other seeds
 SHIPPED_JUDGE = Path(__file__).parent / "judge"
@@ -29,32 +39,33 @@ class DemoReport:
     def table(self) -> str:
         rows = [f"best-of-{self.n} accuracy on {self.questions} held-out questions"]
         rows += [f"  {name:<22s} {value:.3f}" for name, value in self.accuracy.items()]
-        rows += [f"  judge calls            {self.judge_calls} ({self.judge_calls / self.questions:.1f} per question)",
-                 f"  judge calls/s          {self.judge_calls / self.seconds:.2f}",
-                 f"  cached prompt tokens   {100 * self.cached_ratio:.0f}%"]
-        rows += [f"  verdicts right on {name:<5s} {value:.3f}" for name, value in self.verdict_accuracy.items()]
+        rows += [
+            f"  judge calls            {self.judge_calls} ({self.judge_calls / self.questions:.1f} per question)",
+            f"  judge calls/s          {self.judge_calls / self.seconds:.2f}",
+            f"  cached prompt tokens   {100 * self.cached_ratio:.0f}%"]
+        rows += [f"  verdicts right on {name:<5s} {value:.3f}" for name,
+                 value in self.verdict_accuracy.items()]
         return "\n".join(rows)
 
 
 def held_out_set(questions: int, n: int, seed: int = 0):
     """Problems and their n candidates from a seed space the judge never trained on."""
-    from kojudge.demo.synthetic import make_problem, sample_candidates
-
     rng = random.Random(HELD_OUT_SEED + seed)
     problems = [make_problem(rng) for _ in range(questions)]
     return problems, [sample_candidates(p, n, rng) for p in problems]
 
 
-def run_tournaments(engine, judge_dir: str | Path, problems, candidates, *, format: str = "knockout",
-                    both_orders: bool = False, max_tokens: int = 400, seed: int = 0, bar=None) -> list:
+def run_tournaments(engine, judge_dir: str | Path, problems, candidates, *,
+                    format: str = "knockout", both_orders: bool = False, max_tokens: int = 400,
+                    seed: int = 0, bar=None) -> list:
     """One PairJudge tournament per question, all questions' matches batched in the engine."""
-    from kojudge.judging.pairjudge import STOP, PairJudge
-    from kojudge.runtime.sampling import SamplingParams
-
-    judge = PairJudge(engine, template=Path(judge_dir) / "judge_template.md", format=format, both_orders=both_orders,
-                      params=SamplingParams(max_tokens=max_tokens, stop=[STOP], include_stop_str_in_output=True))
-    return judge.best_of_n_many([(p.question, [c.text for c in cs]) for p, cs in zip(problems, candidates)],
-                                seed=seed, on_result=(lambda i, r: bar.update(1)) if bar is not None else None)
+    judge = PairJudge(
+        engine, template=Path(judge_dir) / "judge_template.md", format=format,
+        both_orders=both_orders,
+        params=SamplingParams(max_tokens=max_tokens, stop=[STOP], include_stop_str_in_output=True))
+    return judge.best_of_n_many(
+        [(p.question, [c.text for c in cs]) for p, cs in zip(problems, candidates)], seed=seed,
+        on_result=(lambda i, r: bar.update(1)) if bar is not None else None)
 
 
 def pick_accuracy(candidates, picks: list[int]) -> float:
@@ -79,7 +90,8 @@ def verdict_accuracy(candidates, results) -> dict[str, float]:
 
 
 def baseline_accuracy(problems, candidates, seed: int = 0) -> dict[str, float]:
-    pick_rng, accuracy = random.Random(seed), Counter()
+    pick_rng = random.Random(seed)
+    accuracy = Counter()
     for problem, cs in zip(problems, candidates):
         accuracy["random pick"] += pick_rng.choice(cs).correct
         accuracy["answer majority vote"] += Counter(c.answer for c in cs).most_common(1)[0][0] == problem.answer
@@ -87,50 +99,46 @@ def baseline_accuracy(problems, candidates, seed: int = 0) -> dict[str, float]:
     return {k: v / len(problems) for k, v in accuracy.items()}
 
 
-def run_demo(judge_dir: str | Path, questions: int = 200, n: int = 8, seed: int = 0, dtype: str = "float32",
-             max_tokens: int = 400, pointwise_samples: int = 4, progress: bool = True) -> DemoReport:
-    from kojudge.runtime.engine import Engine
-
+def run_demo(judge_dir: str | Path, questions: int = 200, n: int = 8, seed: int = 0,
+             dtype: str = "float32", max_tokens: int = 400, pointwise_samples: int = 4,
+             progress: bool = True) -> DemoReport:
     judge_dir = Path(judge_dir)
     problems, candidates = held_out_set(questions, n, seed)
     engine = Engine(judge_dir, dtype=dtype)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=questions, desc="demo", unit="question")
     start = time.perf_counter()
-    results = run_tournaments(engine, judge_dir, problems, candidates, max_tokens=max_tokens, seed=seed, bar=bar)
+    results = run_tournaments(engine, judge_dir, problems, candidates, max_tokens=max_tokens,
+                              seed=seed, bar=bar)
     seconds = time.perf_counter() - start
     if bar is not None:
         bar.close()
     cached_ratio = cached_prompt_ratio(engine)  # the knockout's, before the pointwise rollouts
-    picks = pointwise_picks(engine, judge_dir, problems, candidates, pointwise_samples, max_tokens, seed)
+    picks = pointwise_picks(engine, judge_dir, problems, candidates, pointwise_samples, max_tokens,
+                            seed)
     baselines = baseline_accuracy(problems, candidates, seed)
     accuracy = {"knockout": pick_accuracy(candidates, [r.winner for r in results]),
                 "random pick": baselines["random pick"],
                 "answer majority vote": baselines["answer majority vote"],
                 "pointwise mean vote": pick_accuracy(candidates, picks),
                 "oracle": baselines["oracle"]}
-    return DemoReport(
-        questions=questions, n=n, accuracy=accuracy, judge_calls=sum(r.judge_calls for r in results),
-        seconds=seconds, cached_ratio=cached_ratio,
-        verdict_accuracy=verdict_accuracy(candidates, results),
-    )
+    return DemoReport(questions=questions, n=n, accuracy=accuracy,
+                      judge_calls=sum(r.judge_calls for r in results), seconds=seconds,
+                      cached_ratio=cached_ratio,
+                      verdict_accuracy=verdict_accuracy(candidates, results),)
 
 
-def pointwise_picks(engine, judge_dir: str | Path, problems, candidates, samples: int, max_tokens: int,
-                     seed: int) -> list[int]:
+def pointwise_picks(engine, judge_dir: str | Path, problems, candidates, samples: int,
+                    max_tokens: int, seed: int) -> list[int]:
     """Per question, the candidate with the highest mean pointwise score (unparseable rollouts count
     as 0; ties go to the earliest). Identical candidates are scored once."""
-    from kojudge.judging.pointwise import PointwiseJudge
-    from kojudge.runtime.sampling import SamplingParams
-
-    scorer = PointwiseJudge(engine, template=Path(judge_dir) / "pointwise_template.md",
-                            params=SamplingParams(max_tokens=max_tokens, temperature=1.0, stop=["</answer>"],
-                                                  include_stop_str_in_output=True))
+    scorer = PointwiseJudge(
+        engine, template=Path(judge_dir) / "pointwise_template.md",
+        params=SamplingParams(max_tokens=max_tokens, temperature=1.0, stop=[POINTWISE_STOP], include_stop_str_in_output=True))
     items = sorted({(p.question, c.text) for p, cs in zip(problems, candidates) for c in cs})
     scored = scorer.score_many(items, n=samples, domain="math", seed=seed)
-    mean = {item: sum(s or 0.0 for s in result.rollout_scores) / samples for item, result in zip(items, scored)}
+    mean = {item: sum(s or 0.0 for s in result.rollout_scores) / samples for item,
+            result in zip(items, scored)}
     return [max(range(len(cs)), key=lambda i: (mean[(p.question, cs[i].text)], -i))
             for p, cs in zip(problems, candidates)]

@@ -1,8 +1,9 @@
 """A synthetic best-of-N task with checkable answers: multi-digit addition, worked column by column.
 
-Candidates are right or carry one slip. Slips cluster the way real model errors do: each problem has a
-few systematic slips (a dropped carry in one column, a digit misread in an operand, a column summed one
-off) with uneven weights, so several wrong candidates share a wrong answer and majority vote can fail.
+Candidates are right or carry one slip. Slips cluster the way real model errors do: each problem
+has a few systematic slips (a dropped carry in one column, a digit misread in an operand, a column
+summed one off) with uneven weights, so several wrong candidates share a wrong answer and majority
+vote can fail.
 """
 from __future__ import annotations
 
@@ -52,12 +53,15 @@ def worked_solution(problem: Problem, slip: Slip | None = None) -> Candidate:
     a, b = _digits(problem.a, width), _digits(problem.b, width)
     if slip is not None and slip.kind == "misread_digit":
         b[slip.column] = slip.digit
-    lines, carry, out = [], 0, []
+    lines = []
+    carry = 0
+    out = []
     for col in range(width):
         total = a[col] + b[col] + carry
         if slip is not None and slip.kind == "column_off_by_one" and col == slip.column:
             total = max(0, total + slip.digit)
-        digit, new_carry = total % 10, total // 10
+        digit = total % 10
+        new_carry = total // 10
         if slip is not None and slip.kind == "dropped_carry" and col == slip.column:
             new_carry = 0
         lines.append(f"col {col + 1}: {a[col]}+{b[col]}+{carry}={total}, carry {new_carry}")
@@ -83,11 +87,13 @@ def _possible_slips(problem: Problem, rng: random.Random) -> list[Slip]:
 
 
 def make_problem(rng: random.Random, digits: int = 4) -> Problem:
-    low, high = 10 ** (digits - 1), 10**digits - 1
+    low = 10 ** (digits - 1)
+    high = 10 ** digits - 1
     return Problem(rng.randint(low, high), rng.randint(low, high), digits)
 
 
-def sample_candidates(problem: Problem, n: int, rng: random.Random, solve_rate: float | None = None,
+def sample_candidates(problem: Problem, n: int, rng: random.Random,
+                      solve_rate: float | None = None,
                       slips_per_problem: int = 3) -> list[Candidate]:
     """n candidates: each right with the problem's solve rate, else one of the problem's systematic
     slips drawn with uneven weights (so wrong answers repeat)."""
@@ -105,18 +111,19 @@ def sample_candidates(problem: Problem, n: int, rng: random.Random, solve_rate: 
 
 
 def disagreeing_pairs(candidates: list[Candidate]) -> list[tuple[Candidate, Candidate]]:
-    """Ordered pairs of candidates with different final answers: the matches a knockout judges (equal
-    answers need no judge)."""
+    """Ordered pairs of candidates with different final answers: the matches a knockout judges
+    (equal answers need no judge)."""
     return [(a, b) for a in candidates for b in candidates if a.answer != b.answer]
 
 
 def reference_check(problem: Problem) -> str:
-    """The judge's own recomputation, in a form no candidate uses (so a judge trained on it cannot learn
-    to copy a candidate's work): one [a|b|carry-in:digit] cell per column, units first, each cell
-    needing only the question and the cell before it, then the sum written high to low."""
+    """The judge's own recomputation, in a form no candidate uses (so a judge trained on it cannot
+    learn to copy a candidate's work): one [a|b|carry-in:digit] cell per column, units first, each
+    cell needing only the question and the cell before it, then the sum written high to low."""
     width = problem.digits
     a, b = _digits(problem.a, width), _digits(problem.b, width)
-    cells, carry = [], 0
+    cells = []
+    carry = 0
     for col in range(width):
         total = a[col] + b[col] + carry
         cells.append(f"[{a[col]}|{b[col]}|{carry}:{total % 10}]")
@@ -125,9 +132,9 @@ def reference_check(problem: Problem) -> str:
 
 
 def compare_digits(answer: int, truth: int) -> str:
-    """Digit by digit, right-aligned: per digit theirs, mine, then = (same) or x (different), so each
-    mark compares the two characters just before it (a tiny judge did not learn to compare digits of
-    two numbers written apart: "10914 vs 10922 =====")."""
+    """Digit by digit, right-aligned: per digit theirs, mine, then = (same) or x (different), so
+    each mark compares the two characters just before it (a tiny judge did not learn to compare
+    digits of two numbers written apart: "10914 vs 10922 =====")."""
     mine, theirs = str(truth), str(answer)
     width = max(len(mine), len(theirs))
     mine, theirs = mine.rjust(width, "_"), theirs.rjust(width, "_")
@@ -135,14 +142,14 @@ def compare_digits(answer: int, truth: int) -> str:
 
 
 def said(label: str, answer: int, problem: Problem) -> str:
-    """The line that reads a response's final answer, right-aligned to the widest possible sum, so each
-    digit of it sits at a fixed place, as in the comparison."""
+    """The line that reads a response's final answer, right-aligned to the widest possible sum, so
+    each digit of it sits at a fixed place, as in the comparison."""
     return f"{label} says {str(answer).rjust(problem.digits + 1, '_')}"
 
 
 def judgment(problem: Problem, a: Candidate, b: Candidate) -> str:
-    """A PairJudge-format judgment: the judge's own check, both final answers read, each compared with
-    the check digit by digit, then the verdict tags.
+    """A PairJudge-format judgment: the judge's own check, both final answers read, each compared
+    with the check digit by digit, then the verdict tags.
 
     The check comes right after the question, where the check stage trains it: with the answers read
     in between, a tiny judge copied their digits into its column sums instead of adding (even when
@@ -170,8 +177,8 @@ def pointwise_score(candidate: Candidate, problem: Problem) -> int:
 
 
 def pointwise_judgment(problem: Problem, candidate: Candidate) -> str:
-    """A PaTaRM-format judgment of one candidate: recompute, read its answer, a rubric, the comparison,
-    a 0-10 score (in that order for the reasons given in `judgment`)."""
+    """A PaTaRM-format judgment of one candidate: recompute, read its answer, a rubric, the
+    comparison, a 0-10 score (in that order for the reasons given in `judgment`)."""
     return (f"<think>{reference_check(problem)}\n{said('R', candidate.answer, problem)}</think>"
             f"<generate_rubrics>every digit must match</generate_rubrics>"
             f"<eval>{compare_digits(candidate.answer, problem.answer)}</eval>"

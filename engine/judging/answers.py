@@ -13,7 +13,8 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 def _last_boxed(text: str) -> str | None:
     starts = [m.end() for m in _BOX.finditer(text)]
     for start in reversed(starts):
-        depth, i = 1, start
+        depth = 1
+        i = start
         while i < len(text) and depth:
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             i += 1
@@ -23,7 +24,8 @@ def _last_boxed(text: str) -> str | None:
 
 
 def extract_final_answer(text: str) -> str | None:
-    """The last \\boxed{} answer; else the last 'answer is / answer:' statement; else the last number."""
+    """The last \\boxed{} answer; else the last 'answer is / answer:' statement; else the last
+    number."""
     boxed = _last_boxed(text)
     if boxed:
         return boxed

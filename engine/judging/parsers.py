@@ -1,56 +1,48 @@
-"""Judge formats: placeholder filling for prompts, and parsers for outputs.
+"""Parsers of judge outputs. They read generated text only, never the prompt, and never raise.
 
-Filling is one pass over the template, so inserted text (a candidate's) is never expanded. Parsers
-read generated text only, never the prompt, and never raise.
-
-Pointwise (PaTaRM): <think>, <generate_rubrics>, <eval>, <answer>S</answer> in that order, S in [0, 10].
-The format reward cases live here so the judge and the trainer share them: -1.5 when a tag is
-missing, repeated or out of order, -1.0 when the score is not a number in [0, 10], else 0.
+PairJudge: the last <resp_a_judge>Correct|Incorrect</resp_a_judge> and <resp_b_judge>...</...> of
+each side. Pointwise (PaTaRM): <think>, <generate_rubrics>, <eval>, <answer>S</answer> in that
+order, S in [0, 10]. The format reward cases live here so the judge and the trainer share them:
+-1.5 when a tag is missing, repeated or out of order, -1.0 when the score is not a number in
+[0, 10], else 0.
 """
 from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import NamedTuple
 
+from kojudge.judging.tournament import Verdict
+
+VERDICT_STOP = "</resp_b_judge>"
+_VERDICT_TAGS = {
+    side: re.compile(rf"<\s*resp_{side}_judge\s*>(.*?)<\s*/\s*resp_{side}_judge\s*>",
+                     re.IGNORECASE | re.DOTALL)
+    for side in ("a", "b")
+}
+_LABELS = {"correct": True, "true": True, "incorrect": False, "false": False}
+
 POINTWISE_TAGS = ("think", "generate_rubrics", "eval", "answer")
+POINTWISE_STOP = "</answer>"
 FORMAT_PENALTY_TAGS = -1.5
 FORMAT_PENALTY_SCORE = -1.0
 MAX_SCORE = 10.0
-
-_ORDERED = re.compile(
-    "".join(rf"<{t}>(.*?)</{t}>.*?" for t in POINTWISE_TAGS[:-1]) + r"<answer>(.*?)</answer>", re.DOTALL
-)
+_ORDERED = re.compile("".join(rf"<{t}>(.*?)</{t}>.*?" for t in POINTWISE_TAGS[:-1])
+                      + r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 
 
-def fill_placeholders(template: str, values: dict[str, str]) -> str:
-    """Replace each {name} of `values` in one pass over the template; other braces stay as they are."""
-    pattern = re.compile(r"\{(" + "|".join(map(re.escape, values)) + r")\}")
-    return pattern.sub(lambda m: values[m.group(1)], template)
+def _label(content: str) -> bool | None:
+    return _LABELS.get(re.sub(r"[^a-z]", "", content.lower()))
 
 
-def read_template(path: str | Path, placeholders: tuple[str, ...]) -> str:
-    """A judge template from a file; every one of `placeholders` must appear in it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"template file not found: {path}")
-    return check_placeholders(path.read_text(encoding="utf-8"), placeholders, str(path))
-
-
-def judge_directory_template(model_dir: Path, name: str) -> Path | None:
-    """The template a judge directory ships with its weights (a judge trained on a format of its own,
-    as the demo judge is), if it has one."""
-    path = Path(model_dir) / name
-    return path if path.is_file() else None
-
-
-def check_placeholders(text: str, placeholders: tuple[str, ...], where: str) -> str:
-    missing = [p for p in placeholders if "{" + p + "}" not in text]
-    if missing:
-        raise ValueError(f"{where}: placeholder(s) {', '.join('{' + p + '}' for p in missing)} missing")
-    return text
+def parse_verdict(text: str) -> Verdict:
+    """The last verdict tag of each side; None for a side without a clear label."""
+    labels = []
+    for side in ("a", "b"):
+        found = _VERDICT_TAGS[side].findall(text)
+        labels.append(_label(found[-1]) if found else None)
+    return Verdict(*labels)
 
 
 class PointwiseParse(NamedTuple):
@@ -75,6 +67,6 @@ def parse_pointwise(text: str) -> PointwiseParse:
 
 
 def parse_pairwise_choice(text: str) -> str | None:
-    """PaTaRM pairwise variant: the last <answer>A</answer> or <answer>B</answer>; None otherwise."""
+    """PaTaRM's pairwise variant: the last <answer>A</answer> or <answer>B</answer>, else None."""
     found = re.findall(r"<answer>\s*([AaBb])\s*</answer>", text)
     return found[-1].upper() if found else None

@@ -51,7 +51,8 @@ class TournamentResult:
 
 
 def _judge_round(pairs: Pairs, both_orders: bool, samples: int):
-    """Yield every judgment of a round at once; returns (per pair (verdicts, a_score, b_score), calls)."""
+    """Yield every judgment of a round at once; returns (per pair (verdicts, a_score, b_score),
+    calls)."""
     if not pairs:
         return [], 0
     asked: Pairs = []
@@ -67,7 +68,9 @@ def _judge_round(pairs: Pairs, both_orders: bool, samples: int):
     results = []
     for k, (a, b) in enumerate(pairs):
         verdicts = []
-        for (x, _), answer in zip(asked[k * per_pair: (k + 1) * per_pair], answers[k * per_pair: (k + 1) * per_pair]):
+        for (
+            x,
+            _), answer in zip(asked[k * per_pair: (k + 1) * per_pair], answers[k * per_pair: (k + 1) * per_pair]):
             v = Verdict(*answer)
             verdicts.append(v if x == a else Verdict(v.b_correct, v.a_correct))
         a_score = sum(v.a_correct is True for v in verdicts) / len(verdicts)
@@ -76,7 +79,8 @@ def _judge_round(pairs: Pairs, both_orders: bool, samples: int):
     return results, len(asked)
 
 
-def _team_function(n: int, teams: Sequence[Hashable] | None, fmt: str) -> Callable[[int], Hashable]:
+def _team_function(n: int, teams: Sequence[Hashable] | None,
+                   fmt: str) -> Callable[[int], Hashable]:
     if n < 1:
         raise ValueError(f"{fmt} needs at least one candidate")
     if teams is None:
@@ -115,8 +119,8 @@ def knockout_rounds(n: int, teams: Sequence[Hashable] | None = None, seed: int =
     Candidates with the same team (final answer) never meet in a judged match; correct beats
     incorrect, both correct advances one, both incorrect eliminates both; if a round eliminates
     everyone one of its players survives at random. Stops at one survivor or one team.
-    `both_orders` judges each pair as (a, b) and (b, a); `samples` repeats each judgment; the side found
-    correct more often wins, an even split with at least half correct counts as both correct.
+    `both_orders` judges each pair as (a, b) and (b, a); `samples` repeats each judgment; the side
+    found correct more often wins, an even split with at least half correct counts as both correct.
     """
     team_of = _team_function(n, teams, "knockout")
     rng = random.Random(seed)
@@ -148,7 +152,8 @@ def knockout_rounds(n: int, teams: Sequence[Hashable] | None = None, seed: int =
 
 
 def _tally(result: TournamentResult, round_no: int, pairs: list[tuple[int, int]],
-           judged: list[tuple[list[Verdict], float, float]], points: dict[int, float], games: dict[int, int]) -> None:
+           judged: list[tuple[list[Verdict], float, float]], points: dict[int, float],
+           games: dict[int, int]) -> None:
     for (a, b), (verdicts, a_score, b_score) in zip(pairs, judged):
         points[a] += a_score
         points[b] += b_score
@@ -165,7 +170,8 @@ def _standings_winner(points: dict[int, float], games: dict[int, int], rng: rand
 
 def round_robin_rounds(n: int, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
                        both_orders: bool = False, samples: int = 1) -> Rounds:
-    """Every cross-team pair judged once, all in one batch; the best rate of 'correct' verdicts wins."""
+    """Every cross-team pair judged once, all in one batch; the best rate of 'correct' verdicts
+    wins."""
     team_of = _team_function(n, teams, "round_robin")
     rng = random.Random(seed)
     pairs = [(a, b) for a in range(n) for b in range(a + 1, n) if team_of(a) != team_of(b)]
@@ -181,7 +187,8 @@ def round_robin_rounds(n: int, teams: Sequence[Hashable] | None = None, seed: in
 def swiss_rounds(n: int, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
                  rounds: int | None = None, both_orders: bool = False, samples: int = 1) -> Rounds:
     """Swiss system: ceil(log2 n) rounds by default; each round pairs neighbours in the standings
-    (avoiding rematches and same-team pairs where possible); the best rate of 'correct' verdicts wins."""
+    (avoiding rematches and same-team pairs where possible); the best rate of 'correct' verdicts
+    wins."""
     team_of = _team_function(n, teams, "swiss")
     rng = random.Random(seed)
     rounds = math.ceil(math.log2(n)) if rounds is None else rounds
@@ -229,16 +236,20 @@ def knockout(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, 
     return play(knockout_rounds(n, teams, seed, both_orders=both_orders, samples=samples), compare)
 
 
-def round_robin(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
-                both_orders: bool = False, samples: int = 1) -> TournamentResult:
+def round_robin(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, seed: int = 0,
+                *, both_orders: bool = False, samples: int = 1) -> TournamentResult:
     """Every cross-team pair judged in one batch; see `round_robin_rounds`."""
-    return play(round_robin_rounds(n, teams, seed, both_orders=both_orders, samples=samples), compare)
+    return play(round_robin_rounds(n, teams, seed, both_orders=both_orders, samples=samples),
+                compare)
 
 
 def swiss(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, seed: int = 0, *,
-          rounds: int | None = None, both_orders: bool = False, samples: int = 1) -> TournamentResult:
+          rounds: int | None = None, both_orders: bool = False,
+          samples: int = 1) -> TournamentResult:
     """Swiss system; see `swiss_rounds`."""
-    return play(swiss_rounds(n, teams, seed, rounds=rounds, both_orders=both_orders, samples=samples), compare)
+    return play(
+        swiss_rounds(n, teams, seed, rounds=rounds, both_orders=both_orders, samples=samples),
+        compare)
 
 
 FORMATS: dict[str, Callable[..., Rounds]] = {

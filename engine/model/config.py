@@ -95,11 +95,10 @@ def load_config(model_dir: str | Path) -> ModelConfig:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{config_path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
     archs = raw.get("architectures") or []
-    family = next((SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+    family = next((SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES),
+                  None)
     if family is None:
-        raise ValueError(
-            f"{config_path}: field 'architectures' is {archs!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
-        )
+        raise ValueError(f"{config_path}: field 'architectures' is {archs!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
     from transformers import AutoConfig
 
     hf = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)

@@ -17,14 +17,17 @@ from kojudge.model.config import ModelConfig
 
 
 class Attention(Protocol):
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [T, heads, d], k/v [T, kv_heads, d] for the packed new tokens -> output [T, heads, d]."""
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor,
+                 v: torch.Tensor) -> torch.Tensor:
+        """q [T, heads, d], k/v [T, kv_heads, d] for the packed new tokens -> output [T, heads,
+        d]."""
         ...
 
 
 class Linear(nn.Linear):
-    """nn.Linear on oneDNN where it applies (kojudge.kernels.onednn): on a packed copy of the weight once
-    `Model.pack_weights` made one (CPU inference), else on the dense weight (training)."""
+    """nn.Linear on oneDNN where it applies (kojudge.kernels.onednn): on a packed copy of the
+    weight once `Model.pack_weights` made one (CPU inference), else on the dense weight
+    (training)."""
 
     packed: torch.Tensor | None = None
 
@@ -65,7 +68,8 @@ class Rotary(nn.Module):
         self.sin = (angles.sin() * self.scaling).to(self.sin.device)
 
     def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [T, 1, head_dim] for the given absolute positions (looked up once per forward)."""
+        """cos, sin [T, 1, head_dim] for the given absolute positions (looked up once per
+        forward)."""
         if positions.numel() and int(positions.max()) >= self.cos.shape[0]:
             self._grow(int(positions.max()) + 1)
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
@@ -80,7 +84,9 @@ class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
-        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
         self.split = [config.q_size, config.kv_size, config.kv_size]
         # q, k and v projections merged into one matmul at load time.
         self.qkv_proj = Linear(config.hidden_size, sum(self.split), bias=config.qkv_bias)
@@ -88,7 +94,8 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attention: Attention) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                attention: Attention) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -105,7 +112,8 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.intermediate = config.intermediate_size
         # gate and up projections merged into one matmul at load time.
-        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size,
+                                   bias=config.mlp_bias)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,7 +129,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attention: Attention) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                attention: Attention) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), rope, attention)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -135,7 +144,8 @@ class Model(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False)
         self.rotary = Rotary(config)
         self.lm_head_packed: torch.Tensor | None = None  # see Linear; the LM head may be the embedding
 
@@ -143,8 +153,10 @@ class Model(nn.Module):
     def lm_head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention) -> torch.Tensor:
-        """input_ids, positions: [T] packed tokens of many sequences -> final hidden states [T, hidden]."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                attention: Attention) -> torch.Tensor:
+        """input_ids, positions: [T] packed tokens of many sequences -> final hidden states [T,
+        hidden]."""
         x = self.embed_tokens(input_ids)
         rope = self.rotary.table(positions)
         for layer in self.layers:

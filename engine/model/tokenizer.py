@@ -9,7 +9,8 @@ class Tokenizer:
         from transformers import AutoTokenizer
 
         try:
-            self.hf = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+            self.hf = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
+                                                    trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise FileNotFoundError(f"{model_dir}: cannot load a tokenizer from this directory: {exc}") from exc
         self.eos_token_id = self.hf.eos_token_id

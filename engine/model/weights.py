@@ -13,7 +13,8 @@ from kojudge.model.decoder import Model
 
 
 def hf_sources(config: ModelConfig) -> Iterator[tuple[str, list[tuple[str, int]]]]:
-    """(our parameter name, [(HF tensor name, rows)]): our tensor is the HF pieces stacked along dim 0."""
+    """(our parameter name, [(HF tensor name, rows)]): our tensor is the HF pieces stacked along
+    dim 0."""
     yield "embed_tokens.weight", [("model.embed_tokens.weight", config.vocab_size)]
     yield "norm.weight", [("model.norm.weight", config.hidden_size)]
     if not config.tie_word_embeddings:
@@ -23,13 +24,14 @@ def hf_sources(config: ModelConfig) -> Iterator[tuple[str, list[tuple[str, int]]
         hf, ours = f"model.layers.{i}.", f"layers.{i}."
         qkv_kinds = ["weight"] + (["bias"] if config.qkv_bias else [])
         for kind in qkv_kinds:
-            yield f"{ours}self_attn.qkv_proj.{kind}", [
-                (f"{hf}self_attn.q_proj.{kind}", q), (f"{hf}self_attn.k_proj.{kind}", kv), (f"{hf}self_attn.v_proj.{kind}", kv)
-            ]
+            yield f"{ours}self_attn.qkv_proj.{kind}", [(f"{hf}self_attn.q_proj.{kind}", q),
+                                                       (f"{hf}self_attn.k_proj.{kind}", kv),
+                                                       (f"{hf}self_attn.v_proj.{kind}", kv)]
         for kind in ["weight"] + (["bias"] if config.o_bias else []):
             yield f"{ours}self_attn.o_proj.{kind}", [(f"{hf}self_attn.o_proj.{kind}", hidden)]
         for kind in ["weight"] + (["bias"] if config.mlp_bias else []):
-            yield f"{ours}mlp.gate_up_proj.{kind}", [(f"{hf}mlp.gate_proj.{kind}", inter), (f"{hf}mlp.up_proj.{kind}", inter)]
+            yield f"{ours}mlp.gate_up_proj.{kind}", [(f"{hf}mlp.gate_proj.{kind}", inter),
+                                                     (f"{hf}mlp.up_proj.{kind}", inter)]
             yield f"{ours}mlp.down_proj.{kind}", [(f"{hf}mlp.down_proj.{kind}", hidden)]
         yield f"{ours}input_layernorm.weight", [(f"{hf}input_layernorm.weight", hidden)]
         yield f"{ours}post_attention_layernorm.weight", [(f"{hf}post_attention_layernorm.weight", hidden)]
@@ -82,9 +84,7 @@ def load_weights(model: Model, model_dir: str | Path) -> None:
                     raise ValueError(f"{path}: cannot read tensor {hf_name!r} (truncated file?): {exc}") from exc
                 expected = (rows,) + tuple(params[name].shape[1:])
                 if tuple(tensor.shape) != expected:
-                    raise ValueError(
-                        f"{path}: tensor {hf_name!r} has shape {tuple(tensor.shape)}, config.json implies {expected}"
-                    )
+                    raise ValueError(f"{path}: tensor {hf_name!r} has shape {tuple(tensor.shape)}, config.json implies {expected}")
                 tensors.append(tensor)
             with torch.no_grad():
                 params[name].copy_(torch.cat(tensors) if len(tensors) > 1 else tensors[0])

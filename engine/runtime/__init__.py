@@ -1,1 +1,2 @@
-"""The LLM runtime: requests in, continuous batching over a paged, prefix-cached KV pool, outputs out."""
+"""The LLM runtime: requests in, continuous batching over a paged, prefix-cached KV pool, outputs
+out."""

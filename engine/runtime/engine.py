@@ -60,8 +60,7 @@ class Engine:
         self.attention_backend = choose_backend(self.device, config.attention_backend)
         if self.attention_backend == "flashinfer" and (
                 self.device.type != "cuda" or self.dtype == torch.float32):
-            raise ValueError("the flashinfer attention backend runs on a CUDA device in float16 or "
-                             f"bfloat16; this engine is {config.dtype} on {self.device}")
+            raise ValueError("the flashinfer attention backend runs on a CUDA device in float16 or " f"bfloat16; this engine is {config.dtype} on {self.device}")
         self.tokenizer = Tokenizer(model_dir)
         self.model = self._load_model()
         limit = self.config.max_position_embeddings
@@ -86,9 +85,7 @@ class Engine:
         load_weights(model, self.model_dir)
         packable = onednn.can_pack(model)
         if options.pack_weights and not packable:
-            raise ValueError("pack_weights: oneDNN packing needs a CPU model in float32 or bfloat16 "
-                             f"and a torch built with oneDNN; this one is {options.dtype} on "
-                             f"{self.device}")
+            raise ValueError("pack_weights: oneDNN packing needs a CPU model in float32 or bfloat16 " f"and a torch built with oneDNN; this one is {options.dtype} on " f"{self.device}")
         self.pack_weights = packable if options.pack_weights is None else options.pack_weights
         if self.pack_weights:
             model.pack_weights()
@@ -152,7 +149,8 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Run one scheduler step; returns the requests that finished in it (and any submitted
         requests that finished inside a generate() call, which they were not part of)."""
-        held, self._unclaimed = self._unclaimed, []
+        held = self._unclaimed
+        self._unclaimed = []
         work = self.scheduler.schedule()
         sampled = [seq for seq, n in work if seq.num_computed + n == seq.num_tokens]
         logits = self.runner.run(work, sampled) if sampled else None

@@ -32,7 +32,8 @@ def shared_prefixes(tables: list[list[int]], usable: list[int]) -> list[tuple[li
         first = tables[members[0]]
         common = min(usable[m] for m in members)
         for m in members[1:]:
-            table, k = tables[m], 1
+            table = tables[m]
+            k = 1
             while k < common and table[k] == first[k]:
                 k += 1
             common = k
@@ -111,7 +112,8 @@ class ModelRunner:
                for (s, _), ks, c in zip(decodes, key_start, context)]
         width = max(map(len, own))
         padded = [blocks + [0] * (width - len(blocks)) for blocks in own]
-        last = [s.block_table[(c - 1) // bs] * bs + (c - 1) % bs for (s, _), c in zip(decodes, context)]
+        last = [s.block_table[(c - 1) // bs] * bs + (c - 1) % bs for (s, _),
+                c in zip(decodes, context)]
         slots.append(self._tensor(last))
         counts = [c - ks for c, ks in zip(context, key_start)]
         fields = dict(decode_blocks=self._tensor(padded), decode_key_counts=counts)
@@ -123,8 +125,8 @@ class ModelRunner:
         mask = key_mask(self._tensor(counts), width * bs)
         return dict(fields, decode_mask=None if mask is None else mask[:, None, :])
 
-    def _prefill_spans(self, prefills: list[ScheduledChunk], key_start: list[int], token_start: int,
-                       slots: list[torch.Tensor]) -> list[PrefillSpan]:
+    def _prefill_spans(self, prefills: list[ScheduledChunk], key_start: list[int],
+                       token_start: int, slots: list[torch.Tensor]) -> list[PrefillSpan]:
         spans = []
         for (seq, n), ks in zip(prefills, key_start):
             context_len = seq.num_computed + n
@@ -157,7 +159,8 @@ class ModelRunner:
         (all in `work`), those of its last new token. The LM head runs on those rows only."""
         input_ids, positions, batch = self.build(work)
         hidden = self.model(input_ids, positions, self.attention(self.cache, batch))
-        last_row, end = {}, 0
+        last_row = {}
+        end = 0
         for i in packing_order(work):
             seq, num_new = work[i]
             end += num_new

@@ -39,7 +39,9 @@ class PrefixCache:
         """Cached blocks covering the longest prefix of `token_ids` within `max_tokens`."""
         if not self.enabled:
             return []
-        blocks, node, bs = [], ROOT, self.block_size
+        blocks = []
+        node = ROOT
+        bs = self.block_size
         for i in range(max_tokens // bs):
             block = self._cache.get((node, tuple(token_ids[i * bs: (i + 1) * bs])))
             if block is None:
@@ -58,7 +60,8 @@ class PrefixCache:
         return parent, tuple(token_ids[first: first + self.block_size])
 
     def can_admit(self, hits: list[int], new_blocks: int) -> bool:
-        """Whether claiming `hits` (some may sit in the free list) leaves `new_blocks` to allocate."""
+        """Whether claiming `hits` (some may sit in the free list) leaves `new_blocks` to
+        allocate."""
         hits_in_free_list = sum(1 for b in hits if self._ref_count[b] == 0)
         return new_blocks + hits_in_free_list <= self.num_free
 

@@ -1,4 +1,5 @@
-"""Sampling parameters and the batched sampler (greedy, temperature, top-k, top-p, per-request seeds)."""
+"""Sampling parameters and the batched sampler (greedy, temperature, top-k, top-p, per-request
+seeds)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,29 +52,34 @@ def _truncate(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) ->
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
-def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
+def sample(logits: torch.Tensor, params: list[SamplingParams],
+           generators: list[torch.Generator | None],
            shared_generator: torch.Generator) -> torch.Tensor:
     """logits [B, V] float32 -> token ids [B].
 
     Random rows draw with the exponential race (argmax p / E, E ~ Exp(1)), which picks token i with
-    probability p_i. A seeded row takes its noise from its own generator, so its tokens do not depend
-    on the other rows of the batch.
+    probability p_i. A seeded row takes its noise from its own generator, so its tokens do not
+    depend on the other rows of the batch.
     """
     greedy_tokens = logits.argmax(dim=-1)
     random_rows = [i for i, p in enumerate(params) if not p.greedy]
     if not random_rows:
         return greedy_tokens
     rows = torch.tensor(random_rows, device=logits.device)
-    sub = logits[rows] / torch.tensor([params[i].temperature for i in random_rows], device=logits.device)[:, None]
+    sub = logits[rows] / torch.tensor([params[i].temperature for i in random_rows],
+                                      device=logits.device)[:, None]
     top_k = torch.tensor([params[i].top_k for i in random_rows], device=logits.device)
-    top_p = torch.tensor([params[i].top_p for i in random_rows], device=logits.device, dtype=logits.dtype)
+    top_p = torch.tensor([params[i].top_p for i in random_rows], device=logits.device,
+                         dtype=logits.dtype)
     if bool((top_k > 0).any()) or bool((top_p < 1).any()):
         sub = _truncate(sub, top_k, top_p)
     probs = sub.softmax(dim=-1)
     noise = torch.empty_like(probs)
     unseeded = [j for j, i in enumerate(random_rows) if generators[i] is None]
     if unseeded:
-        noise[unseeded] = torch.empty(len(unseeded), probs.shape[1]).exponential_(generator=shared_generator).to(probs.device)
+        noise[unseeded] = torch.empty(
+            len(unseeded),
+            probs.shape[1]).exponential_(generator=shared_generator).to(probs.device)
     for j, i in enumerate(random_rows):
         if generators[i] is not None:
             noise[j] = torch.empty(probs.shape[1]).exponential_(generator=generators[i]).to(probs.device)

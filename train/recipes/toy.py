@@ -1,4 +1,5 @@
-"""A toy preference task for exercising SFT + GRPO-PAR end to end on tiny models (tests, benchmarks).
+"""A toy preference task for exercising SFT + GRPO-PAR end to end on tiny models (tests,
+benchmarks).
 
 Prompts are small sums; the chosen response carries the right sum, the rejected one a slip. The SFT
 stage teaches the pointwise judgment format with scores unrelated to the response, so what the judge
@@ -10,13 +11,14 @@ import json
 import random
 from pathlib import Path
 
+from kojudge.judging.pointwise import pointwise_text
+from kojudge.judging.templates import PRIMARY_RUBRICS
+
 JUDGMENT = "<think>check</think><generate_rubrics>sum</generate_rubrics><eval>ok</eval><answer>{score}</answer>"
 
 
 def write_toy_task(root: str | Path, num_pairs: int = 16, seed: int = 0) -> tuple[Path, Path]:
     """Writes pairs.jsonl (preference pairs) and sft.jsonl (format-only judgments) under root."""
-    from kojudge.judging.pointwise import PRIMARY_RUBRICS, pointwise_text
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -31,7 +33,5 @@ def write_toy_task(root: str | Path, num_pairs: int = 16, seed: int = 0) -> tupl
         for p in pairs:
             for side in ("chosen", "rejected"):
                 user = pointwise_text(PRIMARY_RUBRICS[p["domain"]], p["prompt"], p[side])
-                f.write(json.dumps({"messages": [{"role": "user", "content": user},
-                                                 {"role": "assistant",
-                                                  "content": JUDGMENT.format(score=rng.randrange(3, 8))}]}) + "\n")
+                f.write(json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": JUDGMENT.format(score=rng.randrange(3, 8))}]}) + "\n")
     return pairs_path, sft_path
