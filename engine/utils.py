@@ -24,9 +24,11 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+                raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column "
+                                 f"{exc.colno})") from None
             if not isinstance(item, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(item).__name__}")
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got "
+                                 f"{type(item).__name__}")
             yield line_no, item
 
 

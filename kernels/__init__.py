@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from kojudge.kernels.dispatch import choose_backend
-from kojudge.kernels.logprobs import chosen_logprobs_chunked, chosen_logprobs_reference, chosen_logprobs_triton
+from kojudge.kernels.logprobs import (chosen_logprobs_chunked, chosen_logprobs_reference,
+                                      chosen_logprobs_triton)
 
 
 def chosen_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

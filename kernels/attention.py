@@ -39,7 +39,8 @@ def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         n = int(kv_lens[b])
         if end == start:
             continue
-        slots = (block_tables[b, : triton.cdiv(n, block_size)].long()[:, None] * block_size + offsets).flatten()[:n]
+        blocks = block_tables[b, : triton.cdiv(n, block_size)].long()
+        slots = (blocks[:, None] * block_size + offsets).flatten()[:n]
         k = k_cache[:, slots].repeat_interleave(group, 0).float()  # [heads, n, d]
         v = v_cache[:, slots].repeat_interleave(group, 0).float()
         scores = q[start:end].transpose(0, 1).float() @ k.transpose(1, 2) * d**-0.5  # [heads, L, n]
@@ -134,7 +135,8 @@ def paged_attention_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, lse_ptr, q_
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    out_rows = split.to(tl.int64) * stride_split_out + (q_lo + m).to(tl.int64) * stride_qt + head * stride_qh
+    out_rows = (split.to(tl.int64) * stride_split_out + (q_lo + m).to(tl.int64) * stride_qt
+                + head * stride_qh)
     tl.store(out_ptr + out_rows[:, None] + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])
     lse_rows = split.to(tl.int64) * stride_split_lse + (q_lo + m).to(tl.int64) * stride_lse + head
@@ -216,8 +218,8 @@ def merge_splits(out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, to
     top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
     weights = torch.exp(lse - top)
     total = weights.sum(0)
-    merged = (weights[..., None] * out.float()).sum(0) / torch.where(
-        total == 0, 1.0, total)[..., None]
+    divisor = torch.where(total == 0, 1.0, total)
+    merged = (weights[..., None] * out.float()).sum(0) / divisor[..., None]
     return merged.to(out.dtype), top + torch.log(total)
 
 

@@ -21,6 +21,7 @@ def choose_backend(device: torch.device | str, requested: str | None = None) -> 
         if requested not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {requested!r}")
         if requested == "flashinfer" and not flashinfer_available():
-            raise ValueError("backend 'flashinfer' asked for but the flashinfer package is not installed")
+            raise ValueError("backend 'flashinfer' asked for but the flashinfer package is not "
+                             "installed")
         return requested
     return "triton" if torch.device(device).type == "cuda" else "torch"

@@ -189,7 +189,8 @@ def _blocks(hidden: torch.Tensor) -> dict:
     precision = "ieee" if hidden.dtype == torch.float32 else "tf32"
     if hidden.is_cuda:
         return {"BLOCK_T": 64, "BLOCK_V": 64, "BLOCK_H": 64, "PRECISION": precision}
-    return {"BLOCK_T": 16, "BLOCK_V": 32, "BLOCK_H": 32, "PRECISION": precision}  # the CPU interpreter
+    # The CPU interpreter.
+    return {"BLOCK_T": 16, "BLOCK_V": 32, "BLOCK_H": 32, "PRECISION": precision}
 
 
 class _TritonLogprobs(torch.autograd.Function):

@@ -36,8 +36,10 @@ class GRPOConfig:
     model: str  # local HF model directory (usually the SFT output's final/)
     data: str  # JSONL: {"id", "prompt", "chosen", "rejected", "source", "domain"}
     output: str
-    template: str | None = None  # pointwise template file (default: PaTaRM's); see kojudge.PointwiseJudge
-    rubrics: dict[str, str] | None = None  # primary rubric per domain, added to / replacing the built-in ones
+    # A pointwise template file (default: PaTaRM's); see kojudge.PointwiseJudge.
+    template: str | None = None
+    # The primary rubric per domain, added to / replacing the built-in ones.
+    rubrics: dict[str, str] | None = None
     pairs_per_batch: int = 4  # all ranks together; a pair's two sides stay on one rank
     rollouts: int = 4  # judgments per response (n)
     max_new_tokens: int = 256

@@ -38,10 +38,12 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]],
         upto = hf.apply_chat_template(messages[: i + 1], tokenize=True,
                                       add_generation_prompt=False, return_dict=False)
         if ids[: len(upto)] != upto or upto[: len(head)] != head:
-            raise ValueError(f"{where}: the chat template does not render prefixes stably; cannot locate turn {i}")
+            raise ValueError(f"{where}: the chat template does not render prefixes stably; "
+                             f"cannot locate turn {i}")
         for t in range(len(head), len(upto)):
             loss_mask[t] = True
-    labels = [ids[t + 1] if t + 1 < len(ids) and loss_mask[t + 1] else IGNORE for t in range(len(ids))]
+    labels = [ids[t + 1] if t + 1 < len(ids) and loss_mask[t + 1] else IGNORE
+              for t in range(len(ids))]
     return Example(ids, labels)
 
 
@@ -51,11 +53,11 @@ def load_sft(path: str | Path, tokenizer, max_length: int) -> list[Example]:
         messages = item.get("messages")
         where = f"{path}:{line_no}"
         if not isinstance(messages, list) or not messages:
-            raise ValueError(f"{where}: missing field 'messages' (a non-empty list of {{role, content}})")
+            raise ValueError(f"{where}: missing field 'messages' (a non-empty list of "
+                             "{role, content})")
         for m in messages:
-            if not isinstance(
-                m,
-                dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            fields = (m.get("role"), m.get("content")) if isinstance(m, dict) else (None, None)
+            if not all(isinstance(value, str) for value in fields):
                 raise ValueError(f"{where}: every message needs string fields 'role' and 'content'")
         if not any(m["role"] == "assistant" for m in messages):
             raise ValueError(f"{where}: no assistant message, nothing to learn")
@@ -98,7 +100,8 @@ def sft_batches(examples: list[Example], batch_size: int, seed: int,
     """A deterministic shuffle per (seed, epoch), cut into batches of `batch_size` sequences."""
     order = list(range(len(examples)))
     random.Random(seed * 1000 + epoch).shuffle(order)
-    return [[examples[i] for i in order[k: k + batch_size]] for k in range(0, len(order), batch_size)]
+    starts = range(0, len(order), batch_size)
+    return [[examples[i] for i in order[k: k + batch_size]] for k in starts]
 
 
 @dataclass
@@ -137,5 +140,6 @@ def pair_batches(pairs: list[PreferencePair], pairs_per_batch: int, seed: int, e
     pair's chosen and rejected sides always land in the same batch on the same rank."""
     order = list(range(len(pairs)))
     random.Random(seed * 1000 + epoch).shuffle(order)
-    batches = [[pairs[i] for i in order[k: k + pairs_per_batch]] for k in range(0, len(order), pairs_per_batch)]
+    starts = range(0, len(order), pairs_per_batch)
+    batches = [[pairs[i] for i in order[k: k + pairs_per_batch]] for k in starts]
     return [batch[rank::world_size] for batch in batches]

@@ -68,7 +68,10 @@ def smoke(args: argparse.Namespace) -> None:
         elapsed = time.perf_counter() - start
     stats = engine.stats()
     tokens = stats["generated_tokens"]
-    print(f"{len(outs)} requests, {tokens} tokens in {elapsed:.2f}s ({tokens / elapsed:.0f} tok/s); " f"prompt tokens {stats['prompt_tokens']}, computed {stats['computed_prompt_tokens']}, " f"from cache {stats['cached_prompt_tokens']}")
+    print(f"{len(outs)} requests, {tokens} tokens in {elapsed:.2f}s "
+          f"({tokens / elapsed:.0f} tok/s); prompt tokens {stats['prompt_tokens']}, "
+          f"computed {stats['computed_prompt_tokens']}, "
+          f"from cache {stats['cached_prompt_tokens']}")
     print(f"first output: {outs[0].text[:80]!r}")
 
 

@@ -24,7 +24,8 @@ def read_jsonl(path: str | Path,
             if name not in item:
                 raise ValueError(f"{path}:{line_no}: missing field '{name}'")
             if not isinstance(item[name], kind):
-                raise ValueError(f"{path}:{line_no}: field '{name}' has the wrong type ({type(item[name]).__name__})")
+                raise ValueError(f"{path}:{line_no}: field '{name}' has the wrong type "
+                                 f"({type(item[name]).__name__})")
             if isinstance(item[name], list):
                 if not item[name]:
                     raise ValueError(f"{path}:{line_no}: field '{name}' is empty")
@@ -90,7 +91,8 @@ def merge_shards(output: Path, world: int, order: Iterable, poll_s: float = 0.5,
     while not all(Path(f"{s}.done").exists() for s in shards):
         if time.monotonic() > deadline:
             missing = [str(s) for s in shards if not Path(f"{s}.done").exists()]
-            raise TimeoutError(f"ranks did not finish within {timeout_s:.0f}s: {missing} (rerun with --resume)")
+            raise TimeoutError(f"ranks did not finish within {timeout_s:.0f}s: {missing} (rerun "
+                               "with --resume)")
         time.sleep(poll_s)
     records = {}
     for shard in shards:

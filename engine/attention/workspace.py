@@ -57,8 +57,8 @@ class DecodeWorkspace:
         """No sequence decodes this step: every row is free."""
         self.rows = {}
 
-    def plan(self,
-             decodes: list[DecodeRequest]) -> tuple[WorkspaceStep, torch.Tensor | None] | None:
+    def plan(self, decodes: list[DecodeRequest]
+             ) -> tuple[WorkspaceStep, torch.Tensor | None] | None:
         """Give each of the B decodes a row in [0, B) -> (the step, mask [B, 1, 1, length] in row
         order or None), or None where the workspace would not fit.
 

@@ -39,10 +39,10 @@ class DemoReport:
     def table(self) -> str:
         rows = [f"best-of-{self.n} accuracy on {self.questions} held-out questions"]
         rows += [f"  {name:<22s} {value:.3f}" for name, value in self.accuracy.items()]
-        rows += [
-            f"  judge calls            {self.judge_calls} ({self.judge_calls / self.questions:.1f} per question)",
-            f"  judge calls/s          {self.judge_calls / self.seconds:.2f}",
-            f"  cached prompt tokens   {100 * self.cached_ratio:.0f}%"]
+        rows += [f"  judge calls            {self.judge_calls} "
+                 f"({self.judge_calls / self.questions:.1f} per question)",
+                 f"  judge calls/s          {self.judge_calls / self.seconds:.2f}",
+                 f"  cached prompt tokens   {100 * self.cached_ratio:.0f}%"]
         rows += [f"  verdicts right on {name:<5s} {value:.3f}" for name,
                  value in self.verdict_accuracy.items()]
         return "\n".join(rows)
@@ -59,13 +59,12 @@ def run_tournaments(engine, judge_dir: str | Path, problems, candidates, *,
                     format: str = "knockout", both_orders: bool = False, max_tokens: int = 400,
                     seed: int = 0, bar=None) -> list:
     """One PairJudge tournament per question, all questions' matches batched in the engine."""
-    judge = PairJudge(
-        engine, template=Path(judge_dir) / "judge_template.md", format=format,
-        both_orders=both_orders,
-        params=SamplingParams(max_tokens=max_tokens, stop=[STOP], include_stop_str_in_output=True))
-    return judge.best_of_n_many(
-        [(p.question, [c.text for c in cs]) for p, cs in zip(problems, candidates)], seed=seed,
-        on_result=(lambda i, r: bar.update(1)) if bar is not None else None)
+    params = SamplingParams(max_tokens=max_tokens, stop=[STOP], include_stop_str_in_output=True)
+    judge = PairJudge(engine, template=Path(judge_dir) / "judge_template.md", format=format,
+                      both_orders=both_orders, params=params)
+    items = [(p.question, [c.text for c in cs]) for p, cs in zip(problems, candidates)]
+    on_result = (lambda i, r: bar.update(1)) if bar is not None else None
+    return judge.best_of_n_many(items, seed=seed, on_result=on_result)
 
 
 def pick_accuracy(candidates, picks: list[int]) -> float:
@@ -85,7 +84,8 @@ def verdict_accuracy(candidates, results) -> dict[str, float]:
     for cs, best in zip(candidates, results):
         for judged in best.judgments:
             for index, said in zip((judged["a"], judged["b"]), judged["verdict"]):
-                verdicts["right" if cs[index].correct else "wrong"].append(said is cs[index].correct)
+                truth = cs[index].correct
+                verdicts["right" if truth else "wrong"].append(said is truth)
     return {k: sum(v) / len(v) for k, v in verdicts.items() if v}
 
 
@@ -94,7 +94,8 @@ def baseline_accuracy(problems, candidates, seed: int = 0) -> dict[str, float]:
     accuracy = Counter()
     for problem, cs in zip(problems, candidates):
         accuracy["random pick"] += pick_rng.choice(cs).correct
-        accuracy["answer majority vote"] += Counter(c.answer for c in cs).most_common(1)[0][0] == problem.answer
+        majority = Counter(c.answer for c in cs).most_common(1)[0][0]
+        accuracy["answer majority vote"] += majority == problem.answer
         accuracy["oracle"] += any(c.correct for c in cs)
     return {k: v / len(problems) for k, v in accuracy.items()}
 
@@ -133,9 +134,10 @@ def pointwise_picks(engine, judge_dir: str | Path, problems, candidates, samples
                     max_tokens: int, seed: int) -> list[int]:
     """Per question, the candidate with the highest mean pointwise score (unparseable rollouts count
     as 0; ties go to the earliest). Identical candidates are scored once."""
-    scorer = PointwiseJudge(
-        engine, template=Path(judge_dir) / "pointwise_template.md",
-        params=SamplingParams(max_tokens=max_tokens, temperature=1.0, stop=[POINTWISE_STOP], include_stop_str_in_output=True))
+    scorer = PointwiseJudge(engine, template=Path(judge_dir) / "pointwise_template.md",
+                            params=SamplingParams(max_tokens=max_tokens, temperature=1.0,
+                                                  stop=[POINTWISE_STOP],
+                                                  include_stop_str_in_output=True))
     items = sorted({(p.question, c.text) for p, cs in zip(problems, candidates) for c in cs})
     scored = scorer.score_many(items, n=samples, domain="math", seed=seed)
     mean = {item: sum(s or 0.0 for s in result.rollout_scores) / samples for item,

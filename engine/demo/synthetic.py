@@ -82,7 +82,8 @@ def _possible_slips(problem: Problem, rng: random.Random) -> list[Slip]:
         slips.append(Slip("dropped_carry", col))
         slips.append(Slip("column_off_by_one", col, rng.choice((-1, 1))))
         true_digit = _digits(problem.b, width)[col]
-        slips.append(Slip("misread_digit", col, rng.choice([d for d in range(10) if d != true_digit])))
+        slips.append(Slip("misread_digit", col,
+                          rng.choice([d for d in range(10) if d != true_digit])))
     return [s for s in slips if not worked_solution(problem, s).correct]
 
 

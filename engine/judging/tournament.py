@@ -31,7 +31,8 @@ class Match:
     round: int
     a: int
     b: int
-    verdicts: list[Verdict]  # as asked (both orders: the swapped ones mapped back to a, b); empty if not judged
+    # As asked (both orders: the swapped ones mapped back to a, b); empty if not judged.
+    verdicts: list[Verdict]
     a_score: float  # fraction of judgments that found a correct
     b_score: float
     advanced: list[int]  # knockout: who went on from this match
@@ -68,9 +69,8 @@ def _judge_round(pairs: Pairs, both_orders: bool, samples: int):
     results = []
     for k, (a, b) in enumerate(pairs):
         verdicts = []
-        for (
-            x,
-            _), answer in zip(asked[k * per_pair: (k + 1) * per_pair], answers[k * per_pair: (k + 1) * per_pair]):
+        mine = slice(k * per_pair, (k + 1) * per_pair)
+        for (x, _), answer in zip(asked[mine], answers[mine]):
             v = Verdict(*answer)
             verdicts.append(v if x == a else Verdict(v.b_correct, v.a_correct))
         a_score = sum(v.a_correct is True for v in verdicts) / len(verdicts)
@@ -202,7 +202,8 @@ def swiss_rounds(n: int, teams: Sequence[Hashable] | None = None, seed: int = 0,
         pairs = []
         while len(standing) > 1:
             a = standing.pop(0)
-            fresh = [b for b in standing if (min(a, b), max(a, b)) not in met and team_of(a) != team_of(b)]
+            fresh = [b for b in standing
+                     if (min(a, b), max(a, b)) not in met and team_of(a) != team_of(b)]
             if not fresh:
                 continue
             b = fresh[0]
@@ -247,9 +248,9 @@ def swiss(n: int, compare: Compare, teams: Sequence[Hashable] | None = None, see
           rounds: int | None = None, both_orders: bool = False,
           samples: int = 1) -> TournamentResult:
     """Swiss system; see `swiss_rounds`."""
-    return play(
-        swiss_rounds(n, teams, seed, rounds=rounds, both_orders=both_orders, samples=samples),
-        compare)
+    rounds_of = swiss_rounds(n, teams, seed, rounds=rounds, both_orders=both_orders,
+                             samples=samples)
+    return play(rounds_of, compare)
 
 
 FORMATS: dict[str, Callable[..., Rounds]] = {

@@ -51,7 +51,8 @@ def _rope_frequencies(hf_config: Any, head_dim: int) -> tuple[torch.Tensor, floa
     params = getattr(hf_config, "rope_parameters", None) or {}
     rope_type = params.get("rope_type", "default")
     if rope_type not in STATIC_ROPE_TYPES:
-        raise ValueError(f"rope type {rope_type!r} is not supported (supported: {sorted(STATIC_ROPE_TYPES)})")
+        raise ValueError(f"rope type {rope_type!r} is not supported (supported: "
+                         f"{sorted(STATIC_ROPE_TYPES)})")
     if rope_type == "default":
         theta = params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
@@ -86,7 +87,8 @@ def load_config(model_dir: str | Path) -> ModelConfig:
     """Read config.json of a local model directory; raises a clear error for what we cannot run."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"model directory not found: {model_dir} (a local path is required; nothing is downloaded)")
+        raise FileNotFoundError(f"model directory not found: {model_dir} (a local path is "
+                                "required; nothing is downloaded)")
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: not a Hugging Face model directory")
@@ -98,7 +100,8 @@ def load_config(model_dir: str | Path) -> ModelConfig:
     family = next((SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES),
                   None)
     if family is None:
-        raise ValueError(f"{config_path}: field 'architectures' is {archs!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+        raise ValueError(f"{config_path}: field 'architectures' is {archs!r}; supported: "
+                         f"{sorted(SUPPORTED_ARCHITECTURES)}")
     from transformers import AutoConfig
 
     hf = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)

@@ -12,7 +12,8 @@ class Tokenizer:
             self.hf = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
                                                     trust_remote_code=False)
         except (OSError, ValueError) as exc:
-            raise FileNotFoundError(f"{model_dir}: cannot load a tokenizer from this directory: {exc}") from exc
+            raise FileNotFoundError(f"{model_dir}: cannot load a tokenizer from this directory: "
+                                    f"{exc}") from exc
         self.eos_token_id = self.hf.eos_token_id
 
     def encode(self, text: str) -> list[int]:
@@ -23,7 +24,8 @@ class Tokenizer:
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
         if not self.hf.chat_template:
-            raise ValueError("this model's tokenizer has no chat template; pass plain prompts to generate()")
+            raise ValueError("this model's tokenizer has no chat template; pass plain prompts to "
+                             "generate()")
         text = self.hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         # The template already carries any BOS it wants.
         return self.hf.encode(text, add_special_tokens=False)

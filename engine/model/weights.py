@@ -19,7 +19,8 @@ def hf_sources(config: ModelConfig) -> Iterator[tuple[str, list[tuple[str, int]]
     yield "norm.weight", [("model.norm.weight", config.hidden_size)]
     if not config.tie_word_embeddings:
         yield "lm_head.weight", [("lm_head.weight", config.vocab_size)]
-    q, kv, inter, hidden = config.q_size, config.kv_size, config.intermediate_size, config.hidden_size
+    q, kv = config.q_size, config.kv_size
+    inter, hidden = config.intermediate_size, config.hidden_size
     for i in range(config.num_layers):
         hf, ours = f"model.layers.{i}.", f"layers.{i}."
         qkv_kinds = ["weight"] + (["bias"] if config.qkv_bias else [])
@@ -34,10 +35,13 @@ def hf_sources(config: ModelConfig) -> Iterator[tuple[str, list[tuple[str, int]]
                                                      (f"{hf}mlp.up_proj.{kind}", inter)]
             yield f"{ours}mlp.down_proj.{kind}", [(f"{hf}mlp.down_proj.{kind}", hidden)]
         yield f"{ours}input_layernorm.weight", [(f"{hf}input_layernorm.weight", hidden)]
-        yield f"{ours}post_attention_layernorm.weight", [(f"{hf}post_attention_layernorm.weight", hidden)]
+        post_norm = "post_attention_layernorm.weight"
+        yield f"{ours}{post_norm}", [(f"{hf}{post_norm}", hidden)]
         if config.qk_norm:
-            yield f"{ours}self_attn.q_norm.weight", [(f"{hf}self_attn.q_norm.weight", config.head_dim)]
-            yield f"{ours}self_attn.k_norm.weight", [(f"{hf}self_attn.k_norm.weight", config.head_dim)]
+            yield f"{ours}self_attn.q_norm.weight", [(f"{hf}self_attn.q_norm.weight",
+                                                      config.head_dim)]
+            yield f"{ours}self_attn.k_norm.weight", [(f"{hf}self_attn.k_norm.weight",
+                                                      config.head_dim)]
 
 
 def _weight_files(model_dir: Path) -> dict[str, Path]:
@@ -51,14 +55,19 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
         return {name: model_dir / file for name, file in weight_map.items()}
     single = model_dir / "model.safetensors"
     if not single.is_file():
-        found = sorted(p.name for p in model_dir.glob("*.bin")) + sorted(p.name for p in model_dir.glob("*.pt"))
-        hint = f" (found {found}: pickle checkpoints are not loaded; convert them to safetensors)" if found else ""
-        raise FileNotFoundError(f"{model_dir}: no model.safetensors or model.safetensors.index.json{hint}")
+        found = sorted(p.name for pattern in ("*.bin", "*.pt") for p in model_dir.glob(pattern))
+        hint = ""
+        if found:
+            hint = (f" (found {found}: pickle checkpoints are not loaded; convert them to "
+                    "safetensors)")
+        raise FileNotFoundError(f"{model_dir}: no model.safetensors or "
+                                f"model.safetensors.index.json{hint}")
     try:
         with safe_open(single, framework="pt") as f:
             return {name: single for name in f.keys()}
     except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{single}: cannot read safetensors header (truncated or corrupt file?): {exc}") from exc
+        raise ValueError(f"{single}: cannot read safetensors header (truncated or corrupt file?): "
+                         f"{exc}") from exc
 
 
 def load_weights(model: Model, model_dir: str | Path) -> None:
@@ -73,23 +82,28 @@ def load_weights(model: Model, model_dir: str | Path) -> None:
             for hf_name, rows in pieces:
                 path = files.get(hf_name)
                 if path is None:
-                    raise KeyError(f"{model_dir}: tensor {hf_name!r} is missing from the checkpoint")
+                    raise KeyError(f"{model_dir}: tensor {hf_name!r} is missing from the "
+                                   "checkpoint")
                 if path not in handles:
                     if not path.is_file():
-                        raise FileNotFoundError(f"{path} is missing (named by the safetensors index)")
+                        raise FileNotFoundError(f"{path} is missing (named by the safetensors "
+                                                "index)")
                     handles[path] = safe_open(path, framework="pt")
                 try:
                     tensor = handles[path].get_tensor(hf_name)
                 except (SafetensorError, OSError) as exc:
-                    raise ValueError(f"{path}: cannot read tensor {hf_name!r} (truncated file?): {exc}") from exc
+                    raise ValueError(f"{path}: cannot read tensor {hf_name!r} (truncated file?): "
+                                     f"{exc}") from exc
                 expected = (rows,) + tuple(params[name].shape[1:])
                 if tuple(tensor.shape) != expected:
-                    raise ValueError(f"{path}: tensor {hf_name!r} has shape {tuple(tensor.shape)}, config.json implies {expected}")
+                    raise ValueError(f"{path}: tensor {hf_name!r} has shape "
+                                     f"{tuple(tensor.shape)}, config.json implies {expected}")
                 tensors.append(tensor)
             with torch.no_grad():
                 params[name].copy_(torch.cat(tensors) if len(tensors) > 1 else tensors[0])
     except SafetensorError as exc:
-        raise ValueError(f"{model_dir}: cannot read safetensors file (truncated or corrupt?): {exc}") from exc
+        raise ValueError(f"{model_dir}: cannot read safetensors file (truncated or corrupt?): "
+                         f"{exc}") from exc
 
 
 def hf_state_dict(model: Model) -> dict[str, torch.Tensor]:

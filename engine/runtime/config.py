@@ -35,12 +35,14 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
-            raise ValueError(f"EngineConfig.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise ValueError(f"EngineConfig.dtype must be one of {sorted(DTYPES)}, got "
+                             f"{self.dtype!r}")
         positive = ("block_size", "max_num_seqs", "max_num_batched_tokens")
         optional_positive = ("kv_cache_blocks", "max_model_len")
         for name in positive + optional_positive:
             value = getattr(self, name)
-            if (value is not None or name in positive) and not (isinstance(value, int) and value > 0):
+            checked = value is not None or name in positive
+            if checked and not (isinstance(value, int) and value > 0):
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
         if self.kv_cache_gib <= 0:
             raise ValueError(f"EngineConfig.kv_cache_gib must be > 0, got {self.kv_cache_gib!r}")

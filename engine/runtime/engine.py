@@ -58,9 +58,10 @@ class Engine:
         self.device = torch.device(config.device)
         self.dtype = config.torch_dtype
         self.attention_backend = choose_backend(self.device, config.attention_backend)
-        if self.attention_backend == "flashinfer" and (
-                self.device.type != "cuda" or self.dtype == torch.float32):
-            raise ValueError("the flashinfer attention backend runs on a CUDA device in float16 or " f"bfloat16; this engine is {config.dtype} on {self.device}")
+        half_on_cuda = self.device.type == "cuda" and self.dtype != torch.float32
+        if self.attention_backend == "flashinfer" and not half_on_cuda:
+            raise ValueError("the flashinfer attention backend runs on a CUDA device in float16 or "
+                             f"bfloat16; this engine is {config.dtype} on {self.device}")
         self.tokenizer = Tokenizer(model_dir)
         self.model = self._load_model()
         limit = self.config.max_position_embeddings
@@ -85,7 +86,9 @@ class Engine:
         load_weights(model, self.model_dir)
         packable = onednn.can_pack(model)
         if options.pack_weights and not packable:
-            raise ValueError("pack_weights: oneDNN packing needs a CPU model in float32 or bfloat16 " f"and a torch built with oneDNN; this one is {options.dtype} on " f"{self.device}")
+            raise ValueError("pack_weights: oneDNN packing needs a CPU model in float32 or "
+                             "bfloat16 and a torch built with oneDNN; this one is "
+                             f"{options.dtype} on {self.device}")
         self.pack_weights = packable if options.pack_weights is None else options.pack_weights
         if self.pack_weights:
             model.pack_weights()

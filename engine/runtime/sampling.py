@@ -77,12 +77,12 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
     noise = torch.empty_like(probs)
     unseeded = [j for j, i in enumerate(random_rows) if generators[i] is None]
     if unseeded:
-        noise[unseeded] = torch.empty(
-            len(unseeded),
-            probs.shape[1]).exponential_(generator=shared_generator).to(probs.device)
+        shared = torch.empty(len(unseeded), probs.shape[1]).exponential_(generator=shared_generator)
+        noise[unseeded] = shared.to(probs.device)
     for j, i in enumerate(random_rows):
         if generators[i] is not None:
-            noise[j] = torch.empty(probs.shape[1]).exponential_(generator=generators[i]).to(probs.device)
+            row = torch.empty(probs.shape[1]).exponential_(generator=generators[i])
+            noise[j] = row.to(probs.device)
     tokens = greedy_tokens.clone()
     tokens[rows] = (probs / noise).argmax(dim=-1)
     return tokens

@@ -91,7 +91,9 @@ class Scheduler:
         being_computed: set[BlockKey] = set()
         admitted: list[ScheduledChunk] = []
         while candidates and budget > 0 and len(self.running) < self.max_num_seqs:
-            ready = [c for c in candidates if self.cache.next_block_key(c.token_ids, hits_of[id(c)]) not in being_computed]
+            ready = [c for c in candidates
+                     if self.cache.next_block_key(c.token_ids, hits_of[id(c)])
+                     not in being_computed]
             if not ready:
                 break
             seq = max(ready, key=lambda c: len(hits_of[id(c)]))  # the first of the longest

@@ -41,7 +41,8 @@ from kojudge.demo.synthetic import (Candidate, Problem, compare_digits, disagree
 # carries over. With the question first, the judge had to relearn reading it hundreds of characters
 # back.
 TEMPLATE = "A:\n{response_a}\n\nB:\n{response_b}\n\nJudge A and B.\n{question}"
-POINTWISE_TEMPLATE = "R:\n{response}\n\nScore R from 0 to 10; rubric: the final answer is the exact sum.\n{prompt}"
+POINTWISE_TEMPLATE = ("R:\n{response}\n\nScore R from 0 to 10; rubric: the final answer is "
+                      "the exact sum.\n{prompt}")
 PAIRWISE_FILE, POINTWISE_FILE = "judge_template.md", "pointwise_template.md"
 POINTWISE_FRACTION = 0.25  # of SFT conversations; the rest are pairwise verdicts
 # Share of SFT conversations whose responses show only their final line. With the work always
@@ -63,7 +64,9 @@ def _shown(texts: list[str], rng: random.Random, answer_only: float) -> list[str
     line."""
     # No draw at 0, so answer_only=0 reproduces the data of the runs made before this option
     # existed.
-    return [t.splitlines()[-1] for t in texts] if answer_only > 0 and rng.random() < answer_only else texts
+    if answer_only > 0 and rng.random() < answer_only:
+        return [t.splitlines()[-1] for t in texts]
+    return texts
 
 
 def _far_off(problem: Problem, rng: random.Random) -> Candidate:
@@ -106,7 +109,9 @@ def judge_conversations(count: int, seed: int, candidates_per_problem: int = 8,
         response_a, response_b = _shown([a.text, b.text], rng, answer_only)
         user = fill_placeholders(TEMPLATE, {"question": problem.question, "response_a": response_a,
                                             "response_b": response_b})
-        conversations.append([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}, {"role": "assistant", "content": judgment(problem, a, b)}])
+        conversations.append([{"role": "system", "content": SYSTEM_PROMPT},
+                              {"role": "user", "content": user},
+                              {"role": "assistant", "content": judgment(problem, a, b)}])
 
 
 def check_conversations(count: int, seed: int,
@@ -128,8 +133,13 @@ def check_conversations(count: int, seed: int,
                                   {"role": "assistant", "content": reference_check(problem)}])
         else:
             # Half far-off answers: realistic ones differ in a digit or two, so "x" would be rare.
-            answer = (_far_off(problem, rng) if rng.random() < 0.5 else rng.choice(sample_candidates(problem, 8, rng))).answer
-            conversations.append([{"role": "user", "content": f"{answer} {problem.answer}"}, {"role": "assistant", "content": compare_digits(answer, problem.answer)}])
+            if rng.random() < 0.5:
+                answer = _far_off(problem, rng).answer
+            else:
+                answer = rng.choice(sample_candidates(problem, 8, rng)).answer
+            conversations.append([{"role": "user", "content": f"{answer} {problem.answer}"},
+                                  {"role": "assistant",
+                                   "content": compare_digits(answer, problem.answer)}])
     return conversations
 
 
@@ -146,12 +156,16 @@ def pointwise_conversations(count: int, seed: int, candidates_per_problem: int =
         by_truth = [[c for c in candidates if c.correct == truth] for truth in (True, False)]
         pool = by_truth[rng.random() < 0.5] or by_truth[0] or by_truth[1]
         candidate_is_right = pool[0].correct
-        candidate = rng.choice(pool) if candidate_is_right or rng.random() >= far_off else _far_off(
-            problem, rng)
-        user = fill_placeholders(
-            POINTWISE_TEMPLATE,
-            {"prompt": problem.question, "response": _shown([candidate.text], rng, answer_only)[0]})
-        conversations.append([{"role": "user", "content": user}, {"role": "assistant", "content": pointwise_judgment(problem, candidate)}])
+        if candidate_is_right or rng.random() >= far_off:
+            candidate = rng.choice(pool)
+        else:
+            candidate = _far_off(problem, rng)
+        user = fill_placeholders(POINTWISE_TEMPLATE,
+                                 {"prompt": problem.question,
+                                  "response": _shown([candidate.text], rng, answer_only)[0]})
+        conversations.append([{"role": "user", "content": user},
+                              {"role": "assistant",
+                               "content": pointwise_judgment(problem, candidate)}])
 
 
 def preference_pairs(count: int, seed: int,
@@ -165,7 +179,9 @@ def preference_pairs(count: int, seed: int,
         right = [c for c in candidates if c.correct]
         wrong = [c for c in candidates if not c.correct]
         if right and wrong:
-            pairs.append({"id": str(len(pairs)), "prompt": problem.question, "chosen": rng.choice(right).text, "rejected": rng.choice(wrong).text, "source": "synthetic-addition", "domain": "math"})
+            pairs.append({"id": str(len(pairs)), "prompt": problem.question,
+                          "chosen": rng.choice(right).text, "rejected": rng.choice(wrong).text,
+                          "source": "synthetic-addition", "domain": "math"})
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:
@@ -183,13 +199,18 @@ def write_templates(directory: str | Path) -> None:
 
 
 def _judge_sft_data(args: argparse.Namespace) -> list[list[dict[str, str]]]:
-    pointwise, rehearsal = int(args.examples * POINTWISE_FRACTION), int(args.examples * REHEARSAL_FRACTION)
-    conversations = (judge_conversations(args.examples - pointwise - rehearsal, args.seed, answer_only=args.answer_only, far_off=args.far_off) + pointwise_conversations(pointwise, args.seed + 1, answer_only=args.answer_only, far_off=args.far_off) + check_conversations(rehearsal, args.seed + 5, compare_fraction=1.0))
+    pointwise = int(args.examples * POINTWISE_FRACTION)
+    rehearsal = int(args.examples * REHEARSAL_FRACTION)
+    shown = {"answer_only": args.answer_only, "far_off": args.far_off}
+    conversations = (
+        judge_conversations(args.examples - pointwise - rehearsal, args.seed, **shown)
+        + pointwise_conversations(pointwise, args.seed + 1, **shown)
+        + check_conversations(rehearsal, args.seed + 5, compare_fraction=1.0))
     random.Random(args.seed).shuffle(conversations)
     return conversations
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="where the trained judge directory goes")
     parser.add_argument("--work",
@@ -213,13 +234,17 @@ def main(argv: list[str] | None = None) -> None:
         "--far-off", type=float, default=FAR_OFF_FRACTION,
         help="share of SFT judgments with one far-off response (a whole operand misread)")
     parser.add_argument("--grpo-lr", type=float, default=5e-5)
-    parser.add_argument(
-        "--init",
-        help="start from this model directory instead of a fresh random model " "(to continue training a judge; --sft-steps 0 runs only GRPO)")
+    parser.add_argument("--init",
+                        help="start from this model directory instead of a fresh random model "
+                             "(to continue training a judge; --sft-steps 0 runs only GRPO)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0,
                         help="data, initialization and sampling seed")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     out = Path(args.out)
     work = Path(args.work or f"{out}.work")
     work.mkdir(parents=True, exist_ok=True)
@@ -233,20 +258,30 @@ def main(argv: list[str] | None = None) -> None:
                                 seed=args.seed)
     stages = [
         ("check", args.check_steps, lambda: check_conversations(args.examples, args.seed + 3)),
-        ("compare", args.compare_steps, lambda: check_conversations(args.examples, args.seed + 4, 0.5)),
-        ("sft", args.sft_steps, lambda: _judge_sft_data(args))]
+        ("compare", args.compare_steps,
+         lambda: check_conversations(args.examples, args.seed + 4, 0.5)),
+        ("sft", args.sft_steps, lambda: _judge_sft_data(args)),
+    ]
     for name, steps, conversations in stages:
         if steps <= 0:
             continue
         data = _write_jsonl(work / f"{name}.jsonl", [{"messages": c} for c in conversations()])
-        train_sft(SFTConfig(model=str(model), data=str(data), output=str(work / name), max_length=1024, batch_size=args.batch_size, max_steps=steps, lr=args.lr, warmup_steps=30, weight_decay=args.weight_decay, dtype=args.dtype, save_every=max(100, steps // 6), eval_every=10**9, seed=args.seed))
+        train_sft(SFTConfig(model=str(model), data=str(data), output=str(work / name),
+                            max_length=1024, batch_size=args.batch_size, max_steps=steps,
+                            lr=args.lr, warmup_steps=30, weight_decay=args.weight_decay,
+                            dtype=args.dtype, save_every=max(100, steps // 6), eval_every=10**9,
+                            seed=args.seed))
         model = work / name / "final"
     if model is None:
         raise SystemExit("nothing to train: --sft-steps 0 needs --init")
     if args.grpo_steps > 0:
         pairs = _write_jsonl(work / "pairs.jsonl",
                              preference_pairs(args.grpo_steps * 8, args.seed + 2))
-        train_grpo(GRPOConfig(model=str(model), data=str(pairs), output=str(work / "grpo"), template=str(work / POINTWISE_FILE), pairs_per_batch=8, rollouts=4, max_new_tokens=200, temperature=1.0, max_steps=args.grpo_steps, lr=args.grpo_lr, dtype=args.dtype, save_every=max(10, args.grpo_steps // 4), seed=args.seed))
+        train_grpo(GRPOConfig(model=str(model), data=str(pairs), output=str(work / "grpo"),
+                              template=str(work / POINTWISE_FILE), pairs_per_batch=8, rollouts=4,
+                              max_new_tokens=200, temperature=1.0, max_steps=args.grpo_steps,
+                              lr=args.grpo_lr, dtype=args.dtype,
+                              save_every=max(10, args.grpo_steps // 4), seed=args.seed))
         model = work / "grpo" / "final"
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(model, out)

@@ -14,7 +14,8 @@ from pathlib import Path
 from kojudge.judging.pointwise import pointwise_text
 from kojudge.judging.templates import PRIMARY_RUBRICS
 
-JUDGMENT = "<think>check</think><generate_rubrics>sum</generate_rubrics><eval>ok</eval><answer>{score}</answer>"
+JUDGMENT = ("<think>check</think><generate_rubrics>sum</generate_rubrics><eval>ok</eval>"
+            "<answer>{score}</answer>")
 
 
 def write_toy_task(root: str | Path, num_pairs: int = 16, seed: int = 0) -> tuple[Path, Path]:
@@ -33,5 +34,8 @@ def write_toy_task(root: str | Path, num_pairs: int = 16, seed: int = 0) -> tupl
         for p in pairs:
             for side in ("chosen", "rejected"):
                 user = pointwise_text(PRIMARY_RUBRICS[p["domain"]], p["prompt"], p[side])
-                f.write(json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": JUDGMENT.format(score=rng.randrange(3, 8))}]}) + "\n")
+                judgment = JUDGMENT.format(score=rng.randrange(3, 8))
+                messages = [{"role": "user", "content": user},
+                            {"role": "assistant", "content": judgment}]
+                f.write(json.dumps({"messages": messages}) + "\n")
     return pairs_path, sft_path
