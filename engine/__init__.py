@@ -7,8 +7,9 @@ from kojudge.judging.pairjudge import BestOfN, PairJudge
 from kojudge.judging.pointwise import PointwiseJudge, PointwiseScore
 from kojudge.runtime.sampling import SamplingParams
 from kojudge.runtime.sequence import RequestOutput
-from kojudge.judging.tournament import TournamentResult, Verdict, knockout, round_robin, swiss
+from kojudge.judging.formats import round_robin, swiss
+from kojudge.judging.tournament import ScoredVerdict, TournamentResult, Verdict, knockout
 
 __all__ = ["BestOfN", "Engine", "Model", "ModelConfig", "PairJudge", "PointwiseJudge",
-           "PointwiseScore", "PromptTooLong", "RequestOutput", "SamplingParams",
+           "PointwiseScore", "PromptTooLong", "RequestOutput", "SamplingParams", "ScoredVerdict",
            "TournamentResult", "Verdict", "knockout", "load_config", "round_robin", "swiss"]

@@ -16,7 +16,8 @@ from kojudge.judging.parsers import VERDICT_STOP, parse_verdict
 from kojudge.judging.runner import JudgeRequests, check_fits
 from kojudge.judging.templates import (check_placeholders, fill_placeholders,
                                        judge_directory_template, read_template)
-from kojudge.judging.tournament import FORMATS, TournamentResult, Verdict
+from kojudge.judging.formats import FORMATS
+from kojudge.judging.tournament import TournamentResult, Verdict
 from kojudge.runtime.engine import Engine
 from kojudge.runtime.sampling import SamplingParams
 from kojudge.runtime.sequence import RequestOutput

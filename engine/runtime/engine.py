@@ -20,24 +20,14 @@ from kojudge.runtime.config import EngineConfig
 from kojudge.runtime.model_runner import ModelRunner
 from kojudge.runtime.prefix_cache import PrefixCache
 from kojudge.runtime.sampling import SamplingParams, chosen_logprobs, sample
+from kojudge.runtime.intake import Prompt, PromptTooLong, RequestIntake
 from kojudge.runtime.scheduler import Scheduler
-from kojudge.runtime.sequence import RequestOutput, ScheduledChunk, Sequence
-from kojudge.runtime.stopping import Detokenizer, finish_reason, output_text
+from kojudge.runtime.sequence import (RequestOutput, ScheduledChunk, Sequence,
+                                      request_output)
+from kojudge.runtime.stopping import Detokenizer, finish_reason
 from kojudge.utils import ceil_div
 
-Prompt = str | list[int]
-
-
-class PromptTooLong(ValueError):
-    """A prompt that leaves the judge no room to generate, refused before any work starts:
-    "subject: detail", where `index` is the subject's position in the batch it came with."""
-
-    def __init__(self, subject: str, detail: str, index: int, tokens: int, limit: int):
-        super().__init__(f"{subject}: {detail}")
-        self.detail = detail
-        self.index = index
-        self.tokens = tokens
-        self.limit = limit
+SCORE_ROWS = 256  # scored rows whose float32 logits are held at a time
 
 
 class Engine:
@@ -69,6 +59,9 @@ class Engine:
         self.cache = self._allocate_kv_cache()
         self.prefix_cache = PrefixCache(self.cache.num_blocks, config.block_size,
                                         config.enable_prefix_caching)
+        capacity = self.cache.num_blocks * config.block_size
+        self.intake = RequestIntake(self.tokenizer, self.config.vocab_size, self.max_model_len,
+                                    capacity)
         self.scheduler = Scheduler(self.prefix_cache, config.max_num_seqs,
                                    config.max_num_batched_tokens)
         self.runner = ModelRunner(self.model, self.cache, self.device,
@@ -107,60 +100,63 @@ class Engine:
                        shape.head_dim, self.dtype, self.device)
 
     # ---- request intake ---------------------------------------------------------------------
-    def _prompt_ids(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt)
-        if isinstance(prompt, (list, tuple)) and all(isinstance(t, int) for t in prompt):
-            vocab = self.config.vocab_size
-            bad = [t for t in prompt if not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {vocab})")
-            return list(prompt)
-        raise TypeError(f"a prompt must be a str or a list of int token ids, "
-                        f"got {type(prompt).__name__}")
-
-    def _check(self, ids: list[int], params: SamplingParams, index: int) -> None:
-        if not ids:
-            raise ValueError(f"prompt {index} is empty")
-        if len(ids) >= self.max_model_len:
-            raise PromptTooLong(f"prompt {index}", f"{len(ids)} tokens leave no room to generate "
-                                f"within the max model length {self.max_model_len}", index,
-                                len(ids), self.max_model_len)
-        # Generation stops at the max model length (finish_reason "length"), as in vLLM.
-        needed = min(len(ids) + params.max_tokens, self.max_model_len)
-        capacity = self.prefix_cache.num_blocks * self.prefix_cache.block_size
-        if needed > capacity:
-            raise ValueError(f"prompt {index} needs {needed} KV slots but the pool holds "
-                             f"{capacity}; raise kv_cache_blocks / kv_cache_gib")
-
-    def _enqueue(self, prompt: Prompt, ids: list[int], params: SamplingParams) -> int:
+    def _enqueue(self, prompt: Prompt, ids: list[int], params: SamplingParams,
+                 score_from: int | None = None) -> int:
         rid = self._next_id
         self._next_id += 1
         text = prompt if isinstance(prompt, str) else None
-        self.scheduler.add(Sequence(rid, text, ids, params, Detokenizer(self.tokenizer)))
+        self.scheduler.add(Sequence(rid, text, ids, params, Detokenizer(self.tokenizer),
+                                    score_from))
         self._counters["prompt_tokens"] += len(ids)
         return rid
 
     def submit(self, prompt: Prompt, params: SamplingParams | None = None) -> int:
         """Queue one request; returns its id. step() reports it when finished."""
         params = params or SamplingParams()
-        ids = self._prompt_ids(prompt)
-        self._check(ids, params, 0)
+        ids = self.intake.prompt_ids(prompt)
+        self.intake.check(ids, params, 0)
         return self._enqueue(prompt, ids, params)
 
+    def submit_score(self, prompt: Prompt, continuation: Prompt) -> int:
+        """Queue the teacher-forced scoring of `continuation` after `prompt`; step() reports it
+        with .logprobs, log p of each continuation token (see score)."""
+        ids, start = self.intake.scoring_ids(prompt, continuation, 0)
+        return self._enqueue(prompt, ids, SamplingParams(max_tokens=1), score_from=start)
+
+    def score(self, prompts: Seq[Prompt], continuations: Seq[Prompt]) -> list[list[float]]:
+        """Exact log-probs of given continuations: for each pair, log p(token | everything before
+        it) of every continuation token, nothing sampled. The prompt goes through the prefix
+        cache, so k continuations of one prompt cost one prompt prefill plus k short extends.
+        A str continuation is tokenized on its own, without special tokens."""
+        if len(prompts) != len(continuations):
+            raise ValueError(f"score() got {len(prompts)} prompts for {len(continuations)} "
+                             "continuations")
+        pairs = enumerate(zip(prompts, continuations))
+        checked = [self.intake.scoring_ids(p, c, i) for i, (p, c) in pairs]
+        request_ids = [self._enqueue(prompt, ids, SamplingParams(max_tokens=1), score_from=start)
+                       for prompt, (ids, start) in zip(prompts, checked)]
+        return [out.logprobs for out in self._run_all(request_ids, use_tqdm=False)]
+
     # ---- the loop -----------------------------------------------------------------------------
+    @torch.inference_mode()
     def step(self) -> list[RequestOutput]:
         """Run one scheduler step; returns the requests that finished in it (and any submitted
         requests that finished inside a generate() call, which they were not part of)."""
         held = self._unclaimed
         self._unclaimed = []
         work = self.scheduler.schedule()
-        sampled = [seq for seq, n in work if seq.num_computed + n == seq.num_tokens]
-        logits = self.runner.run(work, sampled) if sampled else None
-        self._record_computed(work)
-        if logits is None:
+        if not work:
             return held
-        return held + self._postprocess(sampled, logits)
+        sampled = [s for s, n in work
+                   if s.score_from is None and s.num_computed + n == s.num_tokens]
+        scored = [(s, position) for s, n in work for position in s.scored_positions(n)]
+        hidden = self.runner.run(work, [(s, s.num_tokens - 1) for s in sampled] + scored)
+        self._record_computed(work)
+        finished = self._record_scores(work, scored, hidden[len(sampled):])
+        if sampled:
+            logits = self.model.logits(hidden[: len(sampled)]).float()
+            finished += self._postprocess(sampled, logits)
+        return held + finished
 
     def _record_computed(self, work: list[ScheduledChunk]) -> None:
         for seq, n in work:
@@ -168,6 +164,25 @@ class Engine:
             self._counters["computed_prompt_tokens"] += max(0, prompt_part)
             seq.num_computed += n
             self.prefix_cache.publish(seq)
+
+    def _record_scores(self, work: list[ScheduledChunk], scored: list[tuple[Sequence, int]],
+                       hidden: torch.Tensor) -> list[RequestOutput]:
+        """Log p of the token after each scored position; finish the scoring requests whose
+        every token is computed."""
+        for start in range(0, len(scored), SCORE_ROWS):
+            part = scored[start: start + SCORE_ROWS]
+            targets = torch.tensor([s.token_ids[p + 1] for s, p in part], device=hidden.device)
+            logits = self.model.logits(hidden[start: start + SCORE_ROWS]).float()
+            values = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1).tolist()
+            for (seq, position), value in zip(part, values):
+                seq.scores[position] = value
+        finished = []
+        for seq, _ in work:
+            if seq.score_from is not None and seq.num_computed == seq.num_tokens:
+                seq.finish_reason = "length"
+                self.scheduler.finish(seq)
+                finished.append(request_output(seq, self.tokenizer))
+        return finished
 
     def _postprocess(self, sampled: list[Sequence], logits: torch.Tensor) -> list[RequestOutput]:
         """Sample each sequence's next token, then finish those that stop."""
@@ -184,17 +199,8 @@ class Engine:
                                               self.max_model_len)
             if seq.finish_reason is not None:
                 self.scheduler.finish(seq)
-                finished.append(self._output(seq))
+                finished.append(request_output(seq, self.tokenizer))
         return finished
-
-    def _output(self, seq: Sequence) -> RequestOutput:
-        return RequestOutput(
-            request_id=seq.request_id, prompt=seq.prompt,
-            prompt_token_ids=seq.token_ids[: seq.num_prompt_tokens],
-            text=output_text(seq, self.tokenizer), token_ids=seq.output_ids,
-            finish_reason=seq.finish_reason,
-            logprobs=list(seq.logprobs) if seq.params.logprobs else None,
-            cached_tokens=seq.cached_tokens or 0)
 
     # ---- batch helpers ------------------------------------------------------------------------
     def generate(self, prompts: Seq[Prompt],
@@ -210,9 +216,9 @@ class Engine:
             params = [params or SamplingParams()] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
-        encoded = [self._prompt_ids(p) for p in prompts]
+        encoded = [self.intake.prompt_ids(p) for p in prompts]
         for index, (ids, p) in enumerate(zip(encoded, params)):
-            self._check(ids, p, index)  # every prompt is checked before any work starts
+            self.intake.check(ids, p, index)  # every prompt is checked before any work starts
         request_ids = [self._enqueue(*request) for request in zip(prompts, encoded, params)]
         return self._run_all(request_ids, use_tqdm)
 

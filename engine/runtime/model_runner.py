@@ -154,16 +154,17 @@ class ModelRunner:
         return shared
 
     @torch.inference_mode()
-    def run(self, work: list[ScheduledChunk], sampled: list[Sequence]) -> torch.Tensor:
-        """Forward the step -> float32 logits [len(sampled), V]: for each sequence of `sampled`
-        (all in `work`), those of its last new token. The LM head runs on those rows only."""
+    def run(self, work: list[ScheduledChunk], wanted: list[tuple[Sequence, int]]) -> torch.Tensor:
+        """Forward the step (every chunk's keys and values go to the pool) -> the final hidden
+        states [len(wanted), hidden] at the (sequence, position) pairs of `wanted`, each position
+        one of its sequence's new tokens this step."""
         input_ids, positions, batch = self.build(work)
         hidden = self.model(input_ids, positions, self.attention(self.cache, batch))
-        last_row = {}
-        end = 0
+        first_row = {}
+        row = 0
         for i in packing_order(work):
             seq, num_new = work[i]
-            end += num_new
-            last_row[id(seq)] = end - 1
-        rows = torch.tensor([last_row[id(seq)] for seq in sampled], device=self.device)
-        return self.model.logits(hidden[rows]).float()
+            first_row[id(seq)] = row - seq.num_computed  # packed row of position 0
+            row += num_new
+        rows = [first_row[id(seq)] + position for seq, position in wanted]
+        return hidden[torch.tensor(rows, dtype=torch.long, device=self.device)]

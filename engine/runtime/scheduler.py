@@ -87,7 +87,7 @@ class Scheduler:
         candidates = list(islice(self.waiting, self.LOOKAHEAD))
         if candidates[0].num_tokens > candidates[0].num_prompt_tokens:
             candidates = candidates[:1]
-        hits_of = {id(c): self.cache.match(c.token_ids, c.num_tokens - 1) for c in candidates}
+        hits_of = {id(c): self.cache.match(c.token_ids, c.max_cached_tokens) for c in candidates}
         being_computed: set[BlockKey] = set()
         admitted: list[ScheduledChunk] = []
         while candidates and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -97,7 +97,7 @@ class Scheduler:
             if not ready:
                 break
             seq = max(ready, key=lambda c: len(hits_of[id(c)]))  # the first of the longest
-            hits = self.cache.match(seq.token_ids, seq.num_tokens - 1)  # evictions may change it
+            hits = self.cache.match(seq.token_ids, seq.max_cached_tokens)  # evictions may change it
             chunk = self._admit(seq, hits, budget)
             if chunk is None:
                 break
