@@ -12,24 +12,38 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line; bad JSON names the file and line."""
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of every non-blank line of a JSONL file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column "
-                                 f"{exc.colno})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got "
-                                 f"{type(item).__name__}")
-            yield line_no, item
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if raw.strip():
+                yield line_no, raw
+
+
+def parse_jsonl_line(path: str | Path, line_no: int, raw: bytes) -> dict[str, Any]:
+    """One line's JSON object; anything else is a ValueError naming the file and line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte {exc.start + 1} of the line"
+        raise ValueError(f"{path}:{line_no}: not UTF-8 ({where})") from None
+    try:
+        item = json.loads(text)
+    except json.JSONDecodeError as exc:
+        where = f"{exc.msg} at column {exc.colno}"
+        raise ValueError(f"{path}:{line_no}: invalid JSON ({where})") from None
+    if not isinstance(item, dict):
+        raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(item).__name__}")
+    return item
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; a bad line names the file and line."""
+    for line_no, raw in jsonl_lines(path):
+        yield line_no, parse_jsonl_line(path, line_no, raw)
 
 
 def process_device(device: str) -> str:

@@ -16,8 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kojudge.kernels.cpu_attention import merge_states as merge_state_reference
-from kojudge.kernels.cpu_attention import store_kv as store_kv_reference
+# The torch references of the store and merge kernels are the CPU path's own functions.
+from kojudge.kernels.cpu_attention import merge_states as merge_state_reference  # noqa: F401
+from kojudge.kernels.cpu_attention import store_kv as store_kv_reference  # noqa: F401
 
 # ---- references
 # -------------------------------------------------------------------------------------

@@ -72,7 +72,8 @@ def test_bad_judge_input_is_a_clear_error(tmp_path, model_dirs, capsys, content,
     inp = tmp_path / "in.jsonl"
     inp.write_text(content)
     with pytest.raises(SystemExit) as exit_info:
-        main(["judge", "--model", str(model_dirs["qwen2-tied"]), "--input", str(inp), "--output", str(tmp_path / "o")])
+        main(["judge", "--model", str(model_dirs["qwen2-tied"]), "--input", str(inp), "--output", str(tmp_path / "o"),
+              "--on-error", "stop"])
     assert exit_info.value.code == 2
     assert message.replace("\\", "") in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing started
@@ -147,10 +148,51 @@ def test_a_prompt_too_long_for_the_judge_is_named_before_any_work(tmp_path, mode
     out = tmp_path / "out.jsonl"
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--model", str(model_dirs["qwen2-tied"]), "--input", str(inp), "--output", str(out),
-              "--max-tokens", "8"])
+              "--max-tokens", "8", "--on-error", "stop"])
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err
     assert not out.exists() or not out.read_text()  # nothing judged, nothing half-written
+
+
+@pytest.mark.parametrize("command", ["judge", "score"])
+def test_one_bad_item_costs_only_itself(tmp_path, model_dirs, capsys, command):
+    """An item too long for the judge and a line that is not JSON become error lines; every good
+    item is judged; the job exits 1 with the count."""
+    long = "word " * 2100
+    inp = tmp_path / "in.jsonl"
+    if command == "judge":
+        good = [{"id": f"g{i}", "question": "q", "candidates": ["a", f"b{i}"]} for i in range(3)]
+        bad = {"id": "long", "question": "q", "candidates": ["a", long, "b"]}
+    else:
+        good = [{"id": f"g{i}", "prompt": "p", "response": f"r{i}"} for i in range(3)]
+        bad = {"id": "long", "prompt": "p", "responses": ["r", long]}
+    lines = [json.dumps(good[0]), json.dumps(bad), "{not json", json.dumps(good[1]), json.dumps(good[2])]
+    inp.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--model", str(model_dirs["qwen2-tied"]), "--input", str(inp), "--output", str(out),
+              "--max-tokens", "8", "--n", "2"] if command == "score" else
+             [command, "--model", str(model_dirs["qwen2-tied"]), "--input", str(inp), "--output", str(out),
+              "--max-tokens", "8"])
+    assert exit_info.value.code == 1
+    assert "2 item(s) failed" in capsys.readouterr().err
+    got = {r["id"]: r for r in records(out)}
+    assert set(got) == {"g0", "g1", "g2", "long", "line-3"}
+    assert "error" not in got["g0"] and "error" not in got["g2"]
+    assert "item 'long'" in got["long"]["error"] and "max model length" in got["long"]["error"]
+    assert "in.jsonl:3: invalid JSON" in got["line-3"]["error"]
+
+
+def test_input_that_is_not_utf8_is_named_by_file_and_line(tmp_path, model_dirs, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(b'{"id": "a", "question": "q", "candidates": ["x", "y"]}\n'
+                    b'{"id": "b", "question": "\xff\xfe", "candidates": ["x", "y"]}\n')
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["judge", "--model", str(model_dirs["qwen2-tied"]), "--input", str(inp), "--output", str(out),
+              "--max-tokens", "4", "--on-error", "stop"])
+    assert exit_info.value.code == 2
+    assert "in.jsonl:2: not UTF-8" in capsys.readouterr().err
 
 
 def test_the_shipped_demo_judge_judges_from_the_command_line(tmp_path):

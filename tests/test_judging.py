@@ -166,8 +166,8 @@ class ScriptedEngine:
 def test_best_of_n_many_submits_next_rounds_as_soon_as_ready(tmp_path):
     template = tmp_path / "t.md"
     template.write_text("{question}|A={response_a}|B={response_b}")
-    engine = ScriptedEngine()
-    judge = PairJudge(engine, template=template, group_by_answer=False)
+    engine = ScriptedEngine()  # it generates but does not score: no verdict confidence
+    judge = PairJudge(engine, template=template, group_by_answer=False, confidence=False)
     items = [("Q0", [f"RIGHT-{k}" for k in range(7)] + ["w"]),  # round 1: four matches, four go on
              ("Q1", ["SLOW-a", "SLOW-b", "SLOW-c", "SLOW-RIGHT"])]
     finished = []

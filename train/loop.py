@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from kojudge.train.checkpoint import full_weights, latest_state, load_state, save_hf, save_state
 from kojudge.train.config import GRPOConfig, SFTConfig
-from kojudge.train.policy import TokenLogprobs, build_policy
+from kojudge.train.policy import build_policy
 
 
 def make_optimizer(module: torch.nn.Module, lr: float,

@@ -2,31 +2,22 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
-from tqdm import tqdm
 
-from kojudge.app.jobs import (ResultWriter, finished_ids, merge_shards, rank_and_world, read_jsonl,
-                              shard_path)
+from kojudge.app.commands import judge, score
 from kojudge.demo.run import SHIPPED_JUDGE, run_demo
-from kojudge.judging.pairjudge import STOP, BestOfN, PairJudge
-from kojudge.judging.parsers import POINTWISE_STOP
-from kojudge.judging.pointwise import PointwiseJudge
 from kojudge.model.tiny import make_tiny_model
-from kojudge.runtime.config import EngineConfig
-from kojudge.runtime.engine import Engine, PromptTooLong
+from kojudge.runtime.engine import Engine
 from kojudge.runtime.sampling import SamplingParams
 from kojudge.train.config import GRPOConfig, SFTConfig, load_train_config
 from kojudge.train.distributed import close_distributed
 from kojudge.train.grpo import train_grpo
 from kojudge.train.sft import train_sft
-from kojudge.utils import process_device
 
 BENCHMARKS = {  # name -> (script, arguments); `kojudge bench` runs them in order, then the report
     "generate": [("bench_generate.py", []), ("bench_generate.py", ["--dtype", "bfloat16"])],
@@ -75,113 +66,6 @@ def smoke(args: argparse.Namespace) -> None:
     print(f"first output: {outs[0].text[:80]!r}")
 
 
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    """The job flags that configure the engine."""
-    return EngineConfig(dtype=args.dtype, device=process_device(args.device),
-                        max_num_seqs=args.max_num_seqs,
-                        max_num_batched_tokens=args.max_batched_tokens,
-                        attention_backend=args.attention_backend)
-
-
-Process = Callable[[Engine, list[dict], ResultWriter, tqdm], None]
-
-
-def run_sharded(args: argparse.Namespace, items: list[dict], process: Process) -> None:
-    """The job loop: this rank's share of the items, finished ids skipped, results appended as
-    they finish by `process(engine, todo, writer, progress)`; rank 0 merges the shards."""
-    rank, world = rank_and_world()
-    output = Path(args.output)
-    path = shard_path(output, rank, world)
-    done = finished_ids(path) if args.resume else set()
-    todo = [item for item in items[rank::world] if item["id"] not in done]
-    writer = ResultWriter(path, resume=args.resume)
-    desc = f"{args.command} (rank {rank})" if world > 1 else args.command
-    try:
-        with tqdm(total=len(todo), desc=desc, unit="item") as progress:
-            if todo:
-                process(Engine(args.model, config=engine_config(args)), todo, writer, progress)
-    finally:
-        writer.close()
-    if world > 1:
-        Path(f"{path}.done").touch()
-        if rank == 0:
-            merge_shards(output, world, [item["id"] for item in items])
-
-
-@contextlib.contextmanager
-def naming_items(path: str, items: list[dict]):
-    """A judge prompt too long for the model, named by its input file and item id."""
-    try:
-        yield
-    except PromptTooLong as exc:
-        raise ValueError(f"{path}: item {items[exc.index]['id']!r}: {exc.detail}") from None
-
-
-def judge_record(item: dict, best: BestOfN) -> dict:
-    matches = [{"round": m.round, "a": m.a, "b": m.b, "advanced": m.advanced,
-                "a_score": m.a_score, "b_score": m.b_score} for m in best.result.matches]
-    return {"id": item["id"], "winner": best.winner, "judge_calls": best.judge_calls,
-            "rounds": best.result.rounds, "teams": best.teams, "matches": matches,
-            "judgments": best.judgments}
-
-
-def judge(args: argparse.Namespace) -> None:
-    """Best-of-N by a pairwise judge over a JSONL of {id, question, candidates}."""
-    items = read_jsonl(args.input, {"question": str, "candidates": list})
-
-    def process(engine: Engine, todo: list[dict], writer: ResultWriter, progress: tqdm) -> None:
-        params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
-                                stop=[STOP], include_stop_str_in_output=True)
-        pair_judge = PairJudge(engine, template=args.template, params=params, format=args.format,
-                               group_by_answer=not args.no_teams, both_orders=args.both_orders,
-                               samples=args.samples)
-
-        def on_result(index: int, best: BestOfN) -> None:
-            writer.write(judge_record(todo[index], best))
-            progress.update(1)
-
-        questions = [(item["question"], item["candidates"]) for item in todo]
-        with naming_items(args.input, todo):
-            pair_judge.best_of_n_many(questions, seed=args.seed, on_result=on_result)
-
-    run_sharded(args, items, process)
-
-
-def score(args: argparse.Namespace) -> None:
-    """Pointwise rubric scores over a JSONL of {id, prompt, response | responses, [domain]}."""
-    items = read_jsonl(args.input, {"prompt": str})
-    for item in items:
-        responses = item.get("responses", [item["response"]] if "response" in item else None)
-        if not responses or not all(isinstance(r, str) for r in responses):
-            raise ValueError(f"{args.input}: item {item['id']!r}: needs 'response' (string) or "
-                             "'responses' (list of strings)")
-        item["responses"] = responses
-    run_sharded(args, items, lambda *job: score_items(args, *job))
-
-
-def score_items(args: argparse.Namespace, engine: Engine, todo: list[dict], writer: ResultWriter,
-                progress: tqdm) -> None:
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=0.95,
-                            stop=[POINTWISE_STOP], include_stop_str_in_output=True)
-    scorer = PointwiseJudge(engine, params=params, template=args.template)
-    every_response = [item for item in todo for _ in item["responses"]]
-    pairs = [(item["prompt"], r) for item in todo for r in item["responses"]]
-    domains = [item.get("domain", args.domain) for item in every_response]
-    with naming_items(args.input, every_response):  # all of them checked before any work starts
-        prompts = iter(scorer.pointwise_prompts(pairs, domains))
-    for start in range(0, len(todo), args.batch):
-        chunk = todo[start: start + args.batch]
-        chunk_prompts = [next(prompts) for item in chunk for _ in item["responses"]]
-        results = iter(scorer.score_prompts(chunk_prompts, n=args.n, vote_method=args.vote,
-                                            seed=args.seed))
-        for item in chunk:
-            mine = [next(results) for _ in item["responses"]]
-            writer.write({"id": item["id"], "scores": [r.score for r in mine],
-                          "rollout_scores": [r.rollout_scores for r in mine],
-                          "format_rewards": [r.format_rewards for r in mine]})
-            progress.update(1)
-
-
 def bench(args: argparse.Namespace) -> None:
     """Runs the benchmark scripts of a source checkout's bench/ and regenerates the README."""
     bench_dir = Path(__file__).resolve().parents[2] / "bench"
@@ -227,6 +111,9 @@ def add_job_parser(sub: argparse._SubParsersAction, name: str,
                    help="engine: most requests decoded at once")
     p.add_argument("--max-batched-tokens", type=int, default=2048,
                    help="engine: token budget per step")
+    p.add_argument("--on-error", default="continue", choices=["continue", "stop"],
+                   help="continue: a bad item becomes an {id, error} line and the job goes on, "
+                        "ending with exit status 1; stop: it ends the job before any work")
     return p
 
 
@@ -255,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1, help="judgments per match, combined by vote")
     p.add_argument("--no-teams", action="store_true",
                    help="do not group candidates by final answer")
+    p.add_argument("--no-confidence", action="store_true",
+                   help="do not score each side's p(correct) from the judge's label probabilities")
+    p.add_argument("--pairing", default="random_bye", choices=["random_bye", "largest_team_bye"],
+                   help="knockout: who gets the bye of an odd round (the paper's: random)")
+    p.add_argument("--tie-break", default="random", choices=["random", "confidence"],
+                   help="knockout: who advances from a both-correct match")
+    p.add_argument("--gate-flips", action="store_true",
+                   help="knockout, with --both-orders: a match whose verdicts flip with the order "
+                        "is a tie broken by confidence")
     p.set_defaults(func=judge)
     p = add_job_parser(sub, "score", "pointwise rubric scores: {id, prompt, response|responses, "
                                      "[domain]} per line")
@@ -285,9 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        failed = args.func(args)
     except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, no traceback
         parser.exit(2, f"kojudge {args.command}: error: {exc}\n")
+    if failed:
+        parser.exit(1, f"kojudge {args.command}: {failed} item(s) failed; their error lines are "
+                       f"in {args.output}\n")
 
 
 if __name__ == "__main__":

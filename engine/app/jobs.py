@@ -8,35 +8,45 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from kojudge.utils import iter_jsonl
+from kojudge.utils import jsonl_lines, parse_jsonl_line
 
 
-def read_jsonl(path: str | Path,
-               fields: dict[str, type | tuple[type, ...]]) -> list[dict[str, Any]]:
-    """Every item of a JSONL file, checked up front so a bad line fails before any work starts.
-
-    `fields` maps required field names to their types; an item without "id" gets "line-N".
-    """
+def read_jsonl(path: str | Path, fields: dict[str, type | tuple[type, ...]],
+               keep_bad: bool = False) -> list[dict[str, Any]]:
+    """Every item of a JSONL file, checked up front. `fields` maps required field names to their
+    types; an item without "id" gets "line-N". A bad line raises a ValueError naming the file and
+    line, or with `keep_bad` becomes an item {"id": ..., "error": ...} of its own."""
     items = []
     seen = set()
-    for line_no, item in iter_jsonl(path):
-        for name, kind in fields.items():
-            if name not in item:
-                raise ValueError(f"{path}:{line_no}: missing field '{name}'")
-            if not isinstance(item[name], kind):
-                raise ValueError(f"{path}:{line_no}: field '{name}' has the wrong type "
-                                 f"({type(item[name]).__name__})")
-            if isinstance(item[name], list):
-                if not item[name]:
-                    raise ValueError(f"{path}:{line_no}: field '{name}' is empty")
-                if not all(isinstance(x, str) for x in item[name]):
-                    raise ValueError(f"{path}:{line_no}: field '{name}' must be a list of strings")
-        item.setdefault("id", f"line-{line_no}")
-        if item["id"] in seen:
-            raise ValueError(f"{path}:{line_no}: duplicate id {item['id']!r}")
+    for line_no, raw in jsonl_lines(path):
+        try:
+            item = parse_jsonl_line(path, line_no, raw)
+            _check_fields(path, line_no, item, fields)
+            item.setdefault("id", f"line-{line_no}")
+            if item["id"] in seen:
+                raise ValueError(f"{path}:{line_no}: duplicate id {item['id']!r}")
+        except ValueError as exc:
+            if not keep_bad:
+                raise
+            item = {"id": f"line-{line_no}", "error": str(exc)}
         seen.add(item["id"])
         items.append(item)
     return items
+
+
+def _check_fields(path: str | Path, line_no: int, item: dict[str, Any],
+                  fields: dict[str, type | tuple[type, ...]]) -> None:
+    for name, kind in fields.items():
+        if name not in item:
+            raise ValueError(f"{path}:{line_no}: missing field '{name}'")
+        if not isinstance(item[name], kind):
+            raise ValueError(f"{path}:{line_no}: field '{name}' has the wrong type "
+                             f"({type(item[name]).__name__})")
+        if isinstance(item[name], list):
+            if not item[name]:
+                raise ValueError(f"{path}:{line_no}: field '{name}' is empty")
+            if not all(isinstance(x, str) for x in item[name]):
+                raise ValueError(f"{path}:{line_no}: field '{name}' must be a list of strings")
 
 
 def finished_ids(path: str | Path) -> set:

@@ -6,18 +6,20 @@ template with {question}, {response_a}, {response_b}, filled in one pass
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from kojudge.judging.answers import answer_teams
+from kojudge.judging.confidence import LABELS, SIDES, label_context, p_correct
 from kojudge.judging.parsers import VERDICT_STOP, parse_verdict
 from kojudge.judging.runner import JudgeRequests, check_fits
 from kojudge.judging.templates import (check_placeholders, fill_placeholders,
                                        judge_directory_template, read_template)
 from kojudge.judging.formats import FORMATS
-from kojudge.judging.tournament import TournamentResult, Verdict
+from kojudge.judging.tournament import ScoredVerdict, TournamentResult, Verdict
 from kojudge.runtime.engine import Engine
 from kojudge.runtime.sampling import SamplingParams
 from kojudge.runtime.sequence import RequestOutput
@@ -33,6 +35,13 @@ def load_template(path: str | Path | None = None) -> str:
         shipped = resources.files("kojudge.judging").joinpath("prompts/pairjudge.md")
         return check_placeholders(shipped.read_text(), PLACEHOLDERS, "default template")
     return read_template(path, PLACEHOLDERS)
+
+
+def question_seed(seed: int, index: int) -> int:
+    """Each question's own bracket seed, derived from (seed, question index): brackets differ
+    across questions and stay reproducible."""
+    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def fill_template(template: str, question: str, response_a: str, response_b: str) -> str:
@@ -53,6 +62,10 @@ class BestOfN:
     def judge_calls(self) -> int:
         return self.result.judge_calls
 
+    @property
+    def flip_rate(self) -> float | None:
+        return self.result.flip_rate
+
 
 class PairJudge:
     """Best-of-N by a pairwise judge running on `engine`.
@@ -60,16 +73,25 @@ class PairJudge:
     template: a file with {question}, {response_a} and {response_b}; by default the judge
     directory's judge_template.md if it has one, else the shipped default. format: knockout
     (default) | round_robin | swiss. group_by_answer: candidates with equivalent final answers form
-    a team and never meet in a judged match. both_orders / samples: see
+    a team and never meet in a judged match. confidence: score each judged side's p(correct)
+    (kojudge.judging.confidence; four short scoring requests per judgment). both_orders / samples,
+    and for the knockout pairing / tie_break / gate_flips: see
     `kojudge.judging.tournament.knockout_rounds`.
     """
 
     def __init__(self, engine: Engine, template: str | Path | None = None,
                  params: SamplingParams | None = None, *, system_prompt: str = SYSTEM_PROMPT,
                  format: str = "knockout", group_by_answer: bool = True, both_orders: bool = False,
-                 samples: int = 1):
+                 samples: int = 1, confidence: bool = True, pairing: str = "random_bye",
+                 tie_break: str = "random", gate_flips: bool = False):
         if format not in FORMATS:
             raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+        knockout_only = {"pairing": pairing, "tie_break": tie_break, "gate_flips": gate_flips}
+        defaults = {"pairing": "random_bye", "tie_break": "random", "gate_flips": False}
+        if format != "knockout" and knockout_only != defaults:
+            raise ValueError(f"pairing, tie_break and gate_flips are knockout options, not {format}'s")
+        if (tie_break == "confidence" or gate_flips) and not confidence:
+            raise ValueError("tie_break='confidence' and gate_flips need confidence=True")
         self.engine = engine
         if template is None:
             template = judge_directory_template(engine.model_dir, "judge_template.md")
@@ -79,7 +101,10 @@ class PairJudge:
         self.system_prompt = system_prompt
         self.format = format
         self.group_by_answer = group_by_answer
+        self.confidence = confidence
         self.options = {"both_orders": both_orders, "samples": samples}
+        if format == "knockout":
+            self.options.update(knockout_only)
 
     def messages(self, question: str, response_a: str, response_b: str) -> list[dict[str, str]]:
         user = fill_template(self.template, question, response_a, response_b)
@@ -99,24 +124,30 @@ class PairJudge:
         first, second = sorted(range(len(candidates)), key=lengths.__getitem__)[-2:]
         return len(self.prompt_ids(question, candidates[first], candidates[second]))
 
+    def check_item(self, index: int, question: str, candidates: Sequence[str]) -> None:
+        """Refuse a question that cannot be judged (PromptTooLong, ValueError) before any work."""
+        if not candidates:
+            raise ValueError(f"item {index}: the candidate list is empty")
+        check_fits(self.engine, index, self.longest_match(question, candidates),
+                   "its two longest candidates make a judge prompt of")
+
     def best_of_n(self, question: str, candidates: Sequence[str], seed: int = 0) -> BestOfN:
         return self.best_of_n_many([(question, candidates)], seed=seed)[0]
 
     def best_of_n_many(self, items: Sequence[tuple[str, Sequence[str]]], seed: int = 0,
-                       on_result: Callable[[int, BestOfN], None] | None = None) -> list[BestOfN]:
+                       on_result: Callable[[int, BestOfN], None] | None = None,
+                       indices: Sequence[int] | None = None) -> list[BestOfN]:
         """Tournaments for many questions at once. Every question's pending matches sit in the
         engine together, and a question's next round is submitted the moment its last match is
         judged. `on_result(index, result)` is called as each question finishes (to write results
-        as they go)."""
+        as they go). Question q's bracket seed is derived from (seed, indices[q]); by default
+        indices[q] = q (a job resuming part of its input passes each item's place in it)."""
         for index, (question, candidates) in enumerate(items):
-            if not candidates:
-                raise ValueError(f"item {index}: the candidate list is empty")
-            check_fits(self.engine, index, self.longest_match(question, candidates),
-                       "its two longest candidates make a judge prompt of")
+            self.check_item(index, question, candidates)
         tournaments = Tournaments(self, items, seed, on_result)
         for q in range(len(items)):
-            tournaments.start(q, seed)
-        tournaments.requests.run(tournaments.judged)
+            tournaments.start(q, question_seed(seed, q if indices is None else indices[q]))
+        tournaments.requests.run(tournaments.finished)
         return [tournaments.results[q] for q in range(len(items))]
 
 
@@ -133,7 +164,10 @@ class Tournaments:
         self.results: dict[int, BestOfN] = {}
         self.rounds: dict = {}  # question -> its tournament generator
         self.asked: dict[int, list[tuple[int, int]]] = {}  # question -> this round's pairs
-        self.verdicts: dict[int, list[Verdict | None]] = {}
+        self.verdicts: dict[int, list[Verdict | ScoredVerdict | None]] = {}
+        # (question, match) -> its label log-probs so far, and its verdict and judgment record
+        self.label_logprobs: dict[tuple[int, int], dict[tuple[str, str], float]] = {}
+        self.unscored: dict[tuple[int, int], tuple[Verdict, dict[str, Any]]] = {}
         self.judgments: dict[int, list[dict[str, Any]]] = {}
         self.teams: dict[int, list[int] | None] = {}
         self.round_no: dict[int, int] = {}
@@ -165,15 +199,43 @@ class Tournaments:
                 self.request_seed += 1
                 params = SamplingParams(**{**vars(params), "seed": self.request_seed})
             prompt = self.judge.prompt_ids(question, candidates[a], candidates[b])
-            self.requests.submit(prompt, params, (q, k))
+            self.requests.submit(prompt, params, ("judge", q, k))
 
-    def judged(self, tag: tuple[int, int], out: RequestOutput) -> None:
-        q, k = tag
+    def finished(self, tag: tuple, out: RequestOutput) -> None:
+        if tag[0] == "label":
+            self._label_scored(tag[1:], out)
+            return
+        _, q, k = tag
         verdict = parse_verdict(out.text)
-        self.verdicts[q][k] = verdict
         a, b = self.asked[q][k]
-        self.judgments[q].append({"round": self.round_no[q], "a": a, "b": b, "text": out.text,
-                                  "verdict": list(verdict)})
+        judgment = {"round": self.round_no[q], "a": a, "b": b, "text": out.text,
+                    "verdict": list(verdict), "confidence": None}
+        self.judgments[q].append(judgment)
+        if not self.judge.confidence:
+            self._settle(q, k, verdict)
+            return
+        self.label_logprobs[(q, k)] = {}
+        self.unscored[(q, k)] = (verdict, judgment)
+        tokenizer = self.judge.engine.tokenizer
+        for side in SIDES:
+            context = label_context(tokenizer, out.prompt_token_ids, out.token_ids, out.text, side)
+            for label in LABELS:
+                self.requests.submit_score(context, label, ("label", q, k, side, label))
+
+    def _label_scored(self, key: tuple[int, int, str, str], out: RequestOutput) -> None:
+        q, k, side, label = key
+        scores = self.label_logprobs[(q, k)]
+        scores[(side, label)] = sum(out.logprobs)
+        if len(scores) < len(SIDES) * len(LABELS):
+            return
+        del self.label_logprobs[(q, k)]
+        verdict, judgment = self.unscored.pop((q, k))
+        confidence = [p_correct(scores[(s, "Correct")], scores[(s, "Incorrect")]) for s in SIDES]
+        judgment["confidence"] = confidence
+        self._settle(q, k, ScoredVerdict(*verdict, *confidence))
+
+    def _settle(self, q: int, k: int, answer: Verdict | ScoredVerdict) -> None:
+        self.verdicts[q][k] = answer
         if all(v is not None for v in self.verdicts[q]):
             self.round_no[q] += 1
             self._advance(q, self.verdicts[q])

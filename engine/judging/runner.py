@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Callable, Hashable
 
-from kojudge.runtime.engine import Engine, PromptTooLong
+from kojudge.runtime.engine import Engine
+from kojudge.runtime.intake import PromptTooLong
 from kojudge.runtime.sampling import SamplingParams
 from kojudge.runtime.sequence import RequestOutput
 
@@ -28,6 +29,9 @@ class JudgeRequests:
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, tag: Hashable) -> None:
         self.pending[self.engine.submit(prompt_ids, params)] = tag
+
+    def submit_score(self, prompt_ids: list[int], continuation: str, tag: Hashable) -> None:
+        self.pending[self.engine.submit_score(prompt_ids, continuation)] = tag
 
     def run(self, on_finished: Callable[[Hashable, RequestOutput], None]) -> None:
         """Step the engine until every request, follow-ups included, has finished."""

@@ -9,7 +9,6 @@ unparseable, which counts as incorrect).
 """
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field

@@ -20,7 +20,7 @@ from kojudge.runtime.config import EngineConfig
 from kojudge.runtime.model_runner import ModelRunner
 from kojudge.runtime.prefix_cache import PrefixCache
 from kojudge.runtime.sampling import SamplingParams, chosen_logprobs, sample
-from kojudge.runtime.intake import Prompt, PromptTooLong, RequestIntake
+from kojudge.runtime.intake import Prompt, RequestIntake
 from kojudge.runtime.scheduler import Scheduler
 from kojudge.runtime.sequence import (RequestOutput, ScheduledChunk, Sequence,
                                       request_output)
