@@ -75,3 +75,23 @@ def test_kojudge_demo_command_uses_the_shipped_judge(capsys):
     printed = capsys.readouterr().out
     assert "best-of-4 accuracy on 3 held-out questions" in printed and "smoke" not in printed
     assert "pointwise mean vote" in printed and "judge calls/s" in printed
+
+
+def test_verdict_confidence_agrees_with_the_verdicts_it_scores():
+    """On the shipped judge, each judged side's p(correct) is in [0, 1] and on the side of 0.5
+    that its parsed verdict is."""
+    from kojudge.demo.run import held_out_set
+
+    engine = kojudge.Engine(SHIPPED_JUDGE)
+    judge = PairJudge(engine, params=kojudge.SamplingParams(max_tokens=400, stop=[STOP],
+                                                            include_stop_str_in_output=True))
+    problems, candidates = held_out_set(4, 6, seed=7)
+    results = judge.best_of_n_many([(p.question, [c.text for c in cs])
+                                    for p, cs in zip(problems, candidates)])
+    sides = [(verdict, p) for r in results for j in r.judgments
+             for verdict, p in zip(j["verdict"], j["confidence"])]
+    assert len(sides) >= 8
+    for verdict, p in sides:
+        assert 0.0 <= p <= 1.0
+        if verdict is not None:
+            assert (p > 0.5) == verdict

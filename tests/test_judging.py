@@ -232,3 +232,44 @@ def test_a_judge_directory_brings_its_own_templates(tmp_path, model_dirs):
     explicit = tmp_path / "mine.md"
     explicit.write_text("mine {question} {response_a} {response_b}")
     assert PairJudge(engine, template=explicit).template.startswith("mine")
+
+
+def test_questions_with_the_same_team_structure_get_different_brackets(tmp_path):
+    template = tmp_path / "t.md"
+    template.write_text("{question}|A={response_a}|B={response_b}")
+    engine = ScriptedEngine()
+    judge = PairJudge(engine, template=template, group_by_answer=False, confidence=False)
+    candidates = [f"RIGHT-{k}" for k in range(8)]
+    results = judge.best_of_n_many([("Q0", candidates), ("Q1", candidates)], seed=4)
+    first_round = [{(j["a"], j["b"]) for j in r.judgments if j["round"] == 1} for r in results]
+    assert first_round[0] != first_round[1]
+    again = judge.best_of_n_many([("Q0", candidates), ("Q1", candidates)], seed=4)
+    assert [r.judgments for r in again] == [r.judgments for r in results]  # reproducible
+
+
+def test_knockout_only_options_are_refused_for_other_formats(engines):
+    with pytest.raises(ValueError, match="knockout options"):
+        PairJudge(engines["qwen2-tied"], format="swiss", tie_break="confidence")
+    with pytest.raises(ValueError, match="need confidence=True"):
+        PairJudge(engines["qwen2-tied"], tie_break="confidence", confidence=False)
+
+
+@needs_reference
+def test_the_upstream_pairjudge_template_runs_end_to_end(tmp_path):
+    """The released PairJudge-RM prompt file, given as a template path, through the engine on a
+    tiny model: every match judged, every side's confidence scored."""
+    from kojudge.model.tiny import make_tiny_model
+
+    # The tiny tokenizer spends ~2,700 tokens on the template (a real judge's far fewer).
+    engine = kojudge.Engine(make_tiny_model(tmp_path, max_position_embeddings=4096))
+    judge = PairJudge(engine, template=REFERENCE / "pairjudge" / "compare_0_ex.md",
+                      params=kojudge.SamplingParams(max_tokens=16, stop=["</resp_b_judge>"],
+                                                    include_stop_str_in_output=True))
+    question = "What is $1 + 1$?"
+    candidates = ["So \\boxed{2}.", "So \\boxed{3}.", "So \\boxed{11}."]
+    best = judge.best_of_n(question, candidates)
+    assert 0 <= best.winner < 3 and best.judge_calls == len(best.judgments) >= 1
+    for judgment in best.judgments:
+        assert len(judgment["confidence"]) == 2
+        assert all(0.0 <= p <= 1.0 for p in judgment["confidence"])
+    assert all(m.a_confidence is not None for m in best.result.matches if m.judged)

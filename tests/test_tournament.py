@@ -112,3 +112,71 @@ def test_round_robin_and_swiss_find_the_correct_candidate():
 def test_compare_must_answer_every_pair():
     with pytest.raises(ValueError, match="returned 0 verdicts for 1 pairs"):
         kojudge.knockout(2, lambda pairs: [])
+
+
+# ---- the bracket: byes, seeds, confidence ------------------------------------------------------------
+
+def bye_counts(pairing, trials=5000):
+    from kojudge.judging.tournament import knockout_pairs
+
+    teams = ["A", "A", "A", "B", "C"]
+    counts = [0] * 5
+    for seed in range(trials):
+        _, _, byes = knockout_pairs(list(range(5)), teams.__getitem__, random.Random(seed), pairing)
+        assert len(byes) == 1
+        counts[byes[0]] += 1
+    return [c / trials for c in counts]
+
+
+def test_the_bye_falls_uniformly_at_random_by_default():
+    for share in bye_counts("random_bye"):
+        assert abs(share - 0.2) <= 0.02
+
+
+def test_largest_team_bye_keeps_the_old_rule():
+    shares = bye_counts("largest_team_bye")
+    assert sum(shares[:3]) == 1.0  # always a member of the largest team
+
+
+def scored_judge(field, confidence):
+    """Correct verdicts; each side's confidence from `confidence[candidate]`."""
+    def compare(pairs):
+        return [kojudge.ScoredVerdict(field[a], field[b], confidence[a], confidence[b])
+                for a, b in pairs]
+    return compare
+
+
+def test_confidence_breaks_both_correct_ties():
+    field = [True] * 4
+    confidence = [0.6, 0.9, 0.7, 0.8]
+    for seed in range(20):
+        result = kojudge.knockout(4, scored_judge(field, confidence), seed=seed,
+                                  tie_break="confidence")
+        assert result.winner == 1
+        first = [m for m in result.matches if m.round == 1]
+        assert all(m.advanced == [m.a if confidence[m.a] > confidence[m.b] else m.b] for m in first)
+        assert all(m.a_confidence == confidence[m.a] for m in result.matches)
+    winners = {kojudge.knockout(4, scored_judge(field, confidence), seed=s).winner for s in range(40)}
+    assert len(winners) > 1  # without the tie-break, a both-correct match is a coin flip
+
+
+def test_flipped_matches_are_counted_and_can_be_gated():
+    """A judge that always calls the side shown first correct: every match flips with the order;
+    gated, the side it was more confident of goes on."""
+    confidence = [0.2, 0.9, 0.4, 0.6]
+
+    def first_shown(pairs):
+        return [kojudge.ScoredVerdict(True, False, confidence[a], confidence[b]) for a, b in pairs]
+
+    plain = kojudge.knockout(4, first_shown, seed=3, both_orders=True)
+    assert plain.flip_rate == 1.0
+    gated = kojudge.knockout(4, first_shown, seed=3, both_orders=True, gate_flips=True)
+    assert gated.winner == 1 and all(m.flipped for m in gated.matches)
+    assert kojudge.knockout(4, first_shown, seed=3).flip_rate is None  # one order: nothing to flip
+
+
+def test_knockout_options_are_checked():
+    with pytest.raises(ValueError, match="pairing"):
+        kojudge.knockout(3, perfect_judge([(True, 0)] * 3), pairing="best")
+    with pytest.raises(ValueError, match="tie_break"):
+        kojudge.knockout(3, perfect_judge([(True, 0)] * 3), tie_break="coin")
