@@ -117,6 +117,20 @@ def demo_judge_study(study: dict) -> list[str]:
     return out + ["", "![formats with the demo judge](bench/results/demo_judge_study.png)"]
 
 
+def demo_judge_calibration(cal: dict) -> list[str]:
+    out = [f"**Verdict confidence, real judge** (`bench/demo_judge_calibration.py`): the shipped demo "
+           f"judge on {cal['questions']} held-out questions, N={cal['n']}; p(correct) of "
+           f"{cal['sides']} judged sides (both orders) against how often the side is right: "
+           f"expected calibration error **{cal['ece']:.3f}**; {machine_line(cal)}.", "",
+           "| knockout variant | best-of-N accuracy | judge calls per question | order-flip rate |",
+           "|---|---|---|---|"]
+    for name, row in cal["variants"].items():
+        flips = "-" if row["flip_rate"] is None else f"{row['flip_rate']:.3f}"
+        out.append(f"| {name} | {row['accuracy']:.3f} | {row['calls_per_question']:.1f} | {flips} |")
+    return out + ["", "![reliability of the demo judge's confidence]"
+                      "(bench/results/demo_judge_calibration.png)"]
+
+
 def demo_judge_training(training: dict) -> list[str]:
     if not training.get("grpo_steps"):
         return []
@@ -149,6 +163,7 @@ PARAGRAPHS = [
     ("grpo_toy", grpo_toy),
     ("tournament_simulation", simulation),
     ("demo_judge_study", demo_judge_study),
+    ("demo_judge_calibration", demo_judge_calibration),
     ("demo_judge_training", demo_judge_training),
 ]
 

@@ -1,5 +1,6 @@
 """Tournament-efficiency study with a simulated judge: best-of-N accuracy vs judge calls and vs judge
-tokens, for knockout (PairJudge), knockout with order swap, round-robin, Swiss, pointwise mean and
+tokens, for knockout (PairJudge's random bye, and the bye to the largest answer team), knockout
+with order swap, round-robin, Swiss, pointwise mean and
 majority voting over judge scores, plain answer majority vote, random pick and the oracle.
 
     python bench/simulate_tournaments.py [--questions 400] [--seed 0]
@@ -106,6 +107,8 @@ def run_formats(n: int, questions: int, judge: JudgeModel, seed: int, votes: int
         views = judge.views(correct, rng)
         pair_tokens = TEMPLATE + QUESTION + 2 * CANDIDATE + OUTPUT
         for name, fn, options in (("knockout", kojudge.knockout, {}),
+                                  ("knockout_largest_team_bye", kojudge.knockout,
+                                   {"pairing": "largest_team_bye"}),
                                   ("knockout_both_orders", kojudge.knockout, {"both_orders": True}),
                                   ("round_robin", kojudge.round_robin, {}),
                                   ("swiss", kojudge.swiss, {})):

@@ -4,6 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kojudge
 from kojudge.judging.parsers import parse_pairwise_choice, parse_pointwise
 from kojudge.train.grpo import group_advantages
 from kojudge.train.rewards import format_reward, par_rewards
@@ -100,3 +101,51 @@ def test_score_pairs_adds_par_and_format():
     score_pairs(chosen, rejected, "graded")
     # mean(rejected) = 6: 8 is 2 above (1.2); mean(chosen) = 8 (valid only): 3 is 5 below (1.4), 9 is above (0)
     assert [r.reward for r in chosen + rejected] == [1.2, -1.5, 1.4, 0.0]
+
+
+def test_grpo_log_probs_are_those_of_the_sampling_temperature(model_dirs, hf_models):
+    """The trainer's log-probs of a rollout equal the engine's sampled-token log-probs at the
+    same temperature (T=0.7), and transformers' log-softmax of logits / T."""
+    from kojudge.train.grpo import Rollout, pack_rollouts
+    from kojudge.train.policy import build_policy
+
+    temperature = 0.7
+    engine = kojudge.Engine(model_dirs["qwen2-untied"])
+    prompt = list(range(5, 25))
+    params = kojudge.SamplingParams(max_tokens=12, temperature=temperature, seed=3, logprobs=True,
+                                    logprobs_mode="temperature", ignore_eos=True)
+    out = engine.generate([prompt], params)[0]
+    rollout = Rollout(prompt, out.token_ids, score=None, format_reward=0.0)
+    packed = pack_rollouts([rollout], torch.zeros(1), torch.device("cpu"), temperature)
+    with torch.no_grad():
+        trainer = packed.logprobs(build_policy(model_dirs["qwen2-untied"], 1, "float32"))
+    response = trainer[packed.mask.bool()]
+    torch.testing.assert_close(response, torch.tensor(out.logprobs), atol=1e-4, rtol=0)
+    ids = torch.tensor([prompt + out.token_ids])
+    with torch.no_grad():
+        logits = hf_models["qwen2-untied"](ids).logits[0, len(prompt) - 1: -1].float()
+    expected = (logits / temperature).log_softmax(-1).gather(1, torch.tensor(out.token_ids)[:, None])
+    torch.testing.assert_close(response, expected.squeeze(1), atol=1e-4, rtol=0)
+    raw = engine.generate([prompt], kojudge.SamplingParams(**{**vars(params), "logprobs_mode": "raw"}))[0]
+    assert raw.token_ids == out.token_ids and raw.logprobs != pytest.approx(out.logprobs, abs=1e-3)
+
+
+def test_grpo_refuses_settings_that_cannot_learn(tmp_path):
+    from kojudge.train.config import GRPOConfig
+    from kojudge.train.grpo import Rollout, rollout_advantages
+
+    with pytest.raises(ValueError, match="rollouts: 1 rollout per judge prompt"):
+        GRPOConfig(model="m", data="d", output="o", rollouts=1)
+    GRPOConfig(model="m", data="d", output="o", rollouts=1, normalize="pair")  # pairs of two
+    with pytest.raises(ValueError, match="temperature"):
+        GRPOConfig(model="m", data="d", output="o", temperature=0.0)
+    lonely = [Rollout([1], [2], 5.0, 0.0, group=("s", str(i), "chosen")) for i in range(3)]
+    with pytest.raises(ValueError, match="one member"):
+        rollout_advantages(lonely, "prompt")
+    config = tmp_path / "grpo.json"
+    config.write_text('{"model": "m", "data": "d", "output": "o", "rollouts": 1}')
+    from kojudge.app.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "grpo", "--config", str(config)])
+    assert exit_info.value.code == 2

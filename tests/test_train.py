@@ -204,6 +204,32 @@ def test_grpo_par_raises_the_par_reward_of_a_tiny_judge(tmp_path):
     assert kojudge.Engine(tmp_path / "grpo" / "final").config.hidden_size == 128
 
 
+def test_killed_grpo_run_resumes_to_the_same_metrics(tmp_path):
+    """Rollouts are seeded by step, so a run killed after step 3 and resumed from its step-2
+    state writes the metrics of the run that never stopped."""
+    from kojudge.model.tiny import make_tiny_model
+    from kojudge.train.config import GRPOConfig
+    from kojudge.train.grpo import train_grpo
+    from kojudge.train.recipes.toy import write_toy_task
+
+    model = make_tiny_model(tmp_path / "model", "qwen2", hidden_size=64, num_layers=2)
+    pairs, _ = write_toy_task(tmp_path / "task", num_pairs=8)
+    base = dict(model=str(model), data=str(pairs), pairs_per_batch=2, rollouts=2,
+                max_new_tokens=8, lr=1e-3, max_steps=5, save_every=2, kl_coef=0.05)
+    straight = train_grpo(GRPOConfig(output=str(tmp_path / "a"), **base), progress=False)
+    out = tmp_path / "b"
+    train_grpo(GRPOConfig(output=str(out), **base), progress=False)
+    for name in ("state-4", "state-5", "checkpoint-4", "final"):  # as if killed during step 4
+        shutil.rmtree(out / name, ignore_errors=True)
+    lines = (out / "metrics.jsonl").read_text().splitlines()[:3]
+    (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    resumed = train_grpo(GRPOConfig(output=str(out), **base), progress=False)
+    assert [r["step"] for r in resumed] == [3, 4, 5]
+    written = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss", "kl", "reward", "pair_accuracy", "response_tokens"):
+        assert [r[key] for r in written] == pytest.approx([r[key] for r in straight], abs=1e-6), key
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_grpo_runs_on_cuda(tmp_path):
     """Policy, KL reference and rollout engine on the GPU: steps complete with finite losses, and the

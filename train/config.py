@@ -63,6 +63,19 @@ class GRPOConfig:
     save_every: int = 50
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.normalize not in ("prompt", "pair"):
+            raise ValueError(f"normalize must be 'prompt' or 'pair', got {self.normalize!r}")
+        if self.rollouts < 2 and self.normalize == "prompt":
+            raise ValueError(f"rollouts: {self.rollouts} rollout per judge prompt makes every "
+                             "advantage 0 (each group of normalize='prompt' is one rollout); give "
+                             "rollouts >= 2, or normalize='pair'")
+        if self.rollouts < 1:
+            raise ValueError(f"rollouts must be >= 1, got {self.rollouts}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (GRPO samples its rollouts), got "
+                             f"{self.temperature}")
+
 
 Config = TypeVar("Config", SFTConfig, GRPOConfig)
 

@@ -119,13 +119,16 @@ class PackedRollouts:
     targets: torch.Tensor
     mask: torch.Tensor
     advantages: torch.Tensor
+    temperature: float  # the rollouts' sampling temperature
 
     def logprobs(self, module: TokenLogprobs) -> torch.Tensor:
-        return module(self.input_ids, self.positions, self.cu_seqlens, self.targets)
+        """log p of every target under the distribution the rollouts were sampled from."""
+        return module(self.input_ids, self.positions, self.cu_seqlens, self.targets,
+                      self.temperature)
 
 
-def pack_rollouts(rollouts: list[Rollout], advantages: torch.Tensor,
-                  device: torch.device) -> PackedRollouts:
+def pack_rollouts(rollouts: list[Rollout], advantages: torch.Tensor, device: torch.device,
+                  temperature: float = 1.0) -> PackedRollouts:
     ids = []
     positions = []
     targets = []
@@ -142,12 +145,15 @@ def pack_rollouts(rollouts: list[Rollout], advantages: torch.Tensor,
         cu.append(len(ids))
     return PackedRollouts(torch.tensor(ids), torch.tensor(positions), cu, torch.tensor(targets),
                           torch.tensor(mask, device=device),
-                          torch.tensor(token_adv, device=device))
+                          torch.tensor(token_adv, device=device), temperature)
 
 
 def rollout_advantages(rollouts: list[Rollout], normalize: str) -> torch.Tensor:
     """Group-relative advantages within each judge prompt's n rollouts, or each pair's 2n."""
     groups = [r.group if normalize == "prompt" else r.group[:2] for r in rollouts]
+    if len(set(groups)) == len(groups):
+        raise ValueError("every advantage group has one member, so every advantage is 0: "
+                         "give rollouts >= 2 (or normalize='pair')")
     return group_advantages([r.reward for r in rollouts], groups)
 
 
@@ -219,8 +225,6 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
     """Runs (or resumes) GRPO-PAR; returns the metrics records written by this call."""
     device = training_device(cfg.device)
     rank, world = init_distributed(device)
-    if cfg.normalize not in ("prompt", "pair"):
-        raise ValueError(f"normalize must be 'prompt' or 'pair', got {cfg.normalize!r}")
     if cfg.pairs_per_batch < world:
         raise ValueError(f"pairs_per_batch {cfg.pairs_per_batch} < {world} ranks")
     torch.manual_seed(cfg.seed)
@@ -242,7 +246,8 @@ def train_grpo(cfg: GRPOConfig, progress: bool = True) -> list[dict]:
         seed = cfg.seed + 7919 * step + rank
         rollouts = collect_rollouts(scorer, batch, cfg.rollouts, cfg.par, seed)
         advantages = rollout_advantages(rollouts, cfg.normalize)
-        stats = policy_update(run, ref_module, pack_rollouts(rollouts, advantages, device), step)
+        packed = pack_rollouts(rollouts, advantages, device, cfg.temperature)
+        stats = policy_update(run, ref_module, packed, step)
         metrics = rollout_metrics(rollouts, cfg.rollouts, len(batch), world)
         return {**stats, **metrics, "seconds": time.perf_counter() - start}
 

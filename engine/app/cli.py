@@ -24,7 +24,7 @@ BENCHMARKS = {  # name -> (script, arguments); `kojudge bench` runs them in orde
     "tournament": [("bench_tournament.py", []), ("bench_tournament.py", ["--dtype", "bfloat16"])],
     "logprobs": [("bench_logprobs.py", [])],
     "simulation": [("simulate_tournaments.py", [])],
-    "demo_judge": [("study_demo_judge.py", [])],
+    "demo_judge": [("study_demo_judge.py", []), ("demo_judge_calibration.py", [])],
     "sft": [("bench_sft.py", [])],
     "grpo": [("bench_grpo.py", [])],
 }

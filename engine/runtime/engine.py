@@ -188,7 +188,7 @@ class Engine:
         """Sample each sequence's next token, then finish those that stop."""
         params = [s.params for s in sampled]
         tokens = sample(logits, params, [s.generator for s in sampled], self.shared_generator)
-        logprobs = chosen_logprobs(logits, tokens, [p.logprobs for p in params])
+        logprobs = chosen_logprobs(logits, tokens, params)
         finished = []
         for seq, token, logprob in zip(sampled, tokens.tolist(), logprobs):
             seq.token_ids.append(token)

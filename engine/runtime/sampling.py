@@ -18,7 +18,10 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)  # besides the model's EOS
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
-    logprobs: bool = False  # log-probs of the chosen tokens under the unmodified model distribution
+    logprobs: bool = False  # log-probs of the chosen tokens
+    # "raw": under the unmodified model distribution; "temperature": under logits / temperature,
+    # the distribution sampled from before top-k / top-p (what a policy-gradient ratio needs).
+    logprobs_mode: str = "raw"
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -32,6 +35,9 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"SamplingParams.top_k must be >= 0, got {self.top_k}")
+        if self.logprobs_mode not in ("raw", "temperature"):
+            raise ValueError("SamplingParams.logprobs_mode must be 'raw' or 'temperature', got "
+                             f"{self.logprobs_mode!r}")
 
     @property
     def greedy(self) -> bool:
@@ -88,14 +94,18 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
     return tokens
 
 
-def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor, wanted: list[bool]
+def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor, params: list[SamplingParams]
                     ) -> list[float | None]:
-    """log p(token) under the unmodified distribution for the rows that want it, else None."""
-    rows = [i for i, want in enumerate(wanted) if want]
-    result: list[float | None] = [None] * len(wanted)
+    """log p(token) for the rows whose params ask for it (see SamplingParams.logprobs_mode),
+    else None."""
+    rows = [i for i, p in enumerate(params) if p.logprobs]
+    result: list[float | None] = [None] * len(params)
     if rows:
         index = torch.tensor(rows, device=logits.device)
-        values = logits[index].log_softmax(-1).gather(1, tokens[index][:, None]).squeeze(1)
+        scale = [params[i].temperature if params[i].logprobs_mode == "temperature"
+                 and params[i].temperature > 0 else 1.0 for i in rows]
+        scaled = logits[index] / torch.tensor(scale, device=logits.device)[:, None]
+        values = scaled.log_softmax(-1).gather(1, tokens[index][:, None]).squeeze(1)
         for i, value in zip(rows, values.tolist()):
             result[i] = value
     return result
