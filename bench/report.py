@@ -187,7 +187,8 @@ def demo_section() -> str:
     if not study:
         return ""
     return (f"What `kojudge demo` printed ({machine_line(study)}; `python bench/study_demo_judge.py` reruns it):\n\n"
-            f"```\n{study['demo_table']}\n```")
+            f"```\n{study['demo_table']}\n```\n\nThe cached prompt tokens include the verdict-confidence "
+            "scoring requests, which start on the judgments' own cached blocks.")
 
 
 def replace_between(text: str, start: str, end: str, body: str) -> str:

@@ -17,10 +17,10 @@ from kojudge.model.decoder import Model
 from kojudge.model.tokenizer import Tokenizer
 from kojudge.model.weights import load_weights
 from kojudge.runtime.config import EngineConfig
+from kojudge.runtime.intake import Prompt, RequestIntake
 from kojudge.runtime.model_runner import ModelRunner
 from kojudge.runtime.prefix_cache import PrefixCache
 from kojudge.runtime.sampling import SamplingParams, chosen_logprobs, sample
-from kojudge.runtime.intake import Prompt, RequestIntake
 from kojudge.runtime.scheduler import Scheduler
 from kojudge.runtime.sequence import (RequestOutput, ScheduledChunk, Sequence,
                                       request_output)
