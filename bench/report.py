@@ -102,19 +102,67 @@ def simulation(sim: dict) -> list[str]:
                   "![judge accuracy sweep](bench/results/tournament_judge_accuracy_sweep.png)"]
 
 
+def simulator_calibration(cal: dict) -> list[str]:
+    judge = cal["judge"]
+    accuracy = ", ".join(f"{v:.3f}" for v in cal["judge_accuracy"].values())
+    out = [f"**Simulator calibrated to the PairJudge paper** (`bench/calibrate_simulator.py`, "
+           f"{cal['questions']} simulated questions a cell): each policy's pass@1 as published, its "
+           "difficulty spread and wrong-answer clustering fitted to its majority-vote cells, one "
+           f"judge (right labelled correct {judge['tpr']:.2f}, wrong labelled incorrect "
+           f"{judge['tnr']:.2f}, at chance on a question with probability (1 - solve rate)^"
+           f"{judge['hardness']:.2f}, first-shown bias {judge['bias']:.2f}) fitted to the knockout "
+           f"cells. Fit error over all 18 cells **{100 * cal['rmse']:.2f} points RMSE**; fitted on "
+           f"N = 16 and 32 only, it predicts the six N = 64 cells to "
+           f"**{100 * cal['held_out']['rmse']:.2f} points RMSE**. The fitted judge's verification "
+           f"accuracy on the three policies' candidates comes out at {accuracy} (not fitted; the "
+           "paper measured 0.704 on Qwen-2.5-7B's).", "",
+           "| policy | N | majority vote: published | predicted | knockout: published | predicted |",
+           "|---|---|---|---|---|---|"]
+    cells = {(c["policy"], c["n"], c["method"]): c for c in cal["cells"]}
+    for policy, n in dict.fromkeys((c["policy"], c["n"]) for c in cal["cells"]):
+        vote, knock = cells[(policy, n, "majority vote")], cells[(policy, n, "knockout")]
+        out.append(f"| {policy} | {n} | {100 * vote['published']:.1f} | {100 * vote['predicted']:.1f}"
+                   f" | {100 * knock['published']:.1f} | {100 * knock['predicted']:.1f} |")
+    judged = [f for f in next(iter(cal["best_within_budget"].values()))
+              if any(b[f] is not None for b in cal["best_within_budget"].values())]
+    out += ["", f"Formats at a fixed budget of judge calls ({cal['formats_policy']}-like "
+                "candidates, the fitted judge; the best accuracy each reaches within the budget "
+                "over N = 4 ... 64):", "",
+            "| calls per question | " + " | ".join(judged) + " |", "|---|" + "---|" * len(judged)]
+    for budget, best in cal["best_within_budget"].items():
+        out.append(f"| {budget} | " + " | ".join("-" if best[f] is None else f"{best[f]:.3f}"
+                                                 for f in judged) + " |")
+    return out + ["", "![formats on the calibrated simulator](bench/results/simulator_formats.png)",
+                  "![knockout scaling against the Chen et al. bound]"
+                  "(bench/results/simulator_scaling.png)"]
+
+
+def interval(accuracy: float, count: int) -> str:
+    """The normal-approximation 95% confidence interval of an accuracy over `count` questions."""
+    half = 1.96 * (accuracy * (1 - accuracy) / count) ** 0.5
+    return f"{accuracy:.3f} ± {half:.3f}"
+
+
 def demo_judge_study(study: dict) -> list[str]:
-    out = [f"**Tournament formats, real judge** (`bench/study_demo_judge.py`): the shipped demo "
-           f"judge through the engine on {study['questions']} held-out questions, N={study['n']}; "
-           f"{machine_line(study)}.", "",
-           "| format | best-of-N accuracy | judge calls per question | wall time (s) | "
+    if study.get("hard"):
+        what = ("the harder variant: N=16 and per-question solve rates ~ Beta(1, 5), so a few "
+                "right candidates stand among many clustered wrong ones")
+    else:
+        what = f"N={study['n']}"
+    out = [f"**Tournament formats, real judge** (`bench/study_demo_judge.py"
+           f"{' --hard --n 16' if study.get('hard') else ''}`): the shipped demo judge through the "
+           f"engine on {study['questions']} held-out questions, {what}; {machine_line(study)}.", "",
+           "| format | best-of-N accuracy (95% CI) | judge calls per question | wall time (s) | "
            "cached prompt tokens |", "|---|---|---|---|---|"]
+    count = study["questions"]
     for name, row in study["formats"].items():
         cached = f"{100 * row['cached_prompt_ratio']:.0f}%" if "cached_prompt_ratio" in row else "-"
-        out.append(f"| {name} | {row['accuracy']:.3f} | {row['calls_per_question']:.1f} | "
-                   f"{row['seconds']:.0f} | {cached} |")
-    out += [f"| {name} (no judge) | {value:.3f} | 0 | - | - |"
+        out.append(f"| {name} | {interval(row['accuracy'], count)} | "
+                   f"{row['calls_per_question']:.1f} | {row['seconds']:.0f} | {cached} |")
+    out += [f"| {name} (no judge) | {interval(value, count)} | 0 | - | - |"
             for name, value in study["baselines"].items()]
-    return out + ["", "![formats with the demo judge](bench/results/demo_judge_study.png)"]
+    image = "demo_judge_study_hard" if study.get("hard") else "demo_judge_study"
+    return out + ["", f"![formats with the demo judge](bench/results/{image}.png)"]
 
 
 def demo_judge_calibration(cal: dict) -> list[str]:
@@ -162,7 +210,9 @@ PARAGRAPHS = [
     ("sft_vs_trl", sft_vs_trl),
     ("grpo_toy", grpo_toy),
     ("tournament_simulation", simulation),
+    ("simulator_calibration", simulator_calibration),
     ("demo_judge_study", demo_judge_study),
+    ("demo_judge_study_hard", demo_judge_study),
     ("demo_judge_calibration", demo_judge_calibration),
     ("demo_judge_training", demo_judge_training),
 ]

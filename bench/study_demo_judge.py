@@ -29,10 +29,18 @@ def main() -> None:
     parser.add_argument("--pointwise-samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--demo-questions", type=int, default=200, help="for the README's `kojudge demo` table")
+    parser.add_argument("--hard", action="store_true",
+                        help="N=16 and solve rates ~ Beta(1, 5): few right candidates among many "
+                             "clustered wrong ones (writes demo_judge_study_hard)")
     args = parser.parse_args()
-    demo_table = run_demo(args.judge, questions=args.demo_questions, pointwise_samples=args.pointwise_samples).table()
-    print(demo_table)
-    problems, candidates = held_out_set(args.questions, args.n, args.seed)
+    name = "demo_judge_study_hard" if args.hard else "demo_judge_study"
+    demo_table = None
+    if not args.hard:
+        demo_table = run_demo(args.judge, questions=args.demo_questions,
+                              pointwise_samples=args.pointwise_samples).table()
+        print(demo_table)
+    problems, candidates = held_out_set(args.questions, args.n, args.seed,
+                                        solve_beta=(1.0, 5.0) if args.hard else None)
     rows = {}
     for fmt, both in FORMATS:
         engine = Engine(args.judge)
@@ -56,13 +64,15 @@ def main() -> None:
         "seconds": time.perf_counter() - start}
     print("pointwise mean vote", rows["pointwise mean vote"])
     baselines = baseline_accuracy(problems, candidates, args.seed)
-    write_result("demo_judge_study", {"questions": args.questions, "n": args.n, "formats": rows,
-                                      "baselines": baselines, "pointwise_samples": args.pointwise_samples,
-                                      "demo_table": demo_table})
-    plot(rows, baselines, args)
+    payload = {"questions": args.questions, "n": args.n, "formats": rows, "baselines": baselines,
+               "pointwise_samples": args.pointwise_samples, "hard": args.hard}
+    if demo_table is not None:
+        payload["demo_table"] = demo_table
+    write_result(name, payload)
+    plot(rows, baselines, args, name)
 
 
-def plot(rows: dict, baselines: dict, args) -> None:
+def plot(rows: dict, baselines: dict, args, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +89,7 @@ def plot(rows: dict, baselines: dict, args) -> None:
     ax.set_title(f"demo judge, {args.questions} held-out questions")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "demo_judge_study.png", dpi=120)
+    fig.savefig(RESULTS / f"{name}.png", dpi=120)
 
 
 if __name__ == "__main__":

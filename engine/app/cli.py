@@ -23,8 +23,9 @@ BENCHMARKS = {  # name -> (script, arguments); `kojudge bench` runs them in orde
     "generate": [("bench_generate.py", []), ("bench_generate.py", ["--dtype", "bfloat16"])],
     "tournament": [("bench_tournament.py", []), ("bench_tournament.py", ["--dtype", "bfloat16"])],
     "logprobs": [("bench_logprobs.py", [])],
-    "simulation": [("simulate_tournaments.py", [])],
-    "demo_judge": [("study_demo_judge.py", []), ("demo_judge_calibration.py", [])],
+    "simulation": [("simulate_tournaments.py", []), ("calibrate_simulator.py", [])],
+    "demo_judge": [("study_demo_judge.py", []), ("study_demo_judge.py", ["--hard", "--n", "16"]),
+                   ("demo_judge_calibration.py", [])],
     "sft": [("bench_sft.py", [])],
     "grpo": [("bench_grpo.py", [])],
 }

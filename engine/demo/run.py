@@ -48,11 +48,15 @@ class DemoReport:
         return "\n".join(rows)
 
 
-def held_out_set(questions: int, n: int, seed: int = 0):
-    """Problems and their n candidates from a seed space the judge never trained on."""
+def held_out_set(questions: int, n: int, seed: int = 0,
+                 solve_beta: tuple[float, float] | None = None):
+    """Problems and their n candidates from a seed space the judge never trained on; with
+    `solve_beta`, each problem's solve rate ~ Beta(*solve_beta) (low rates: few right
+    candidates among many clustered wrong ones)."""
     rng = random.Random(HELD_OUT_SEED + seed)
     problems = [make_problem(rng) for _ in range(questions)]
-    return problems, [sample_candidates(p, n, rng) for p in problems]
+    rates = [None if solve_beta is None else rng.betavariate(*solve_beta) for _ in problems]
+    return problems, [sample_candidates(p, n, rng, rate) for p, rate in zip(problems, rates)]
 
 
 def run_tournaments(engine, judge_dir: str | Path, problems, candidates, *,

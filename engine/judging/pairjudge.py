@@ -89,7 +89,8 @@ class PairJudge:
         knockout_only = {"pairing": pairing, "tie_break": tie_break, "gate_flips": gate_flips}
         defaults = {"pairing": "random_bye", "tie_break": "random", "gate_flips": False}
         if format != "knockout" and knockout_only != defaults:
-            raise ValueError(f"pairing, tie_break and gate_flips are knockout options, not {format}'s")
+            raise ValueError("pairing, tie_break and gate_flips are knockout options, not "
+                             f"{format}'s")
         if (tie_break == "confidence" or gate_flips) and not confidence:
             raise ValueError("tie_break='confidence' and gate_flips need confidence=True")
         self.engine = engine

@@ -1,11 +1,13 @@
-"""Tournaments over an abstract batched judge: the knockout (PairJudge) and what every format shares.
+"""Tournaments over an abstract batched judge: the knockout (PairJudge) and what every format
+shares.
 
 Pure logic, no model. Each format is a generator that yields one round's matches (a list of (a, b)
 pairs) and is sent back their verdicts, so a caller can run many tournaments at once and submit a
 question's next round the moment its last one is judged (`PairJudge.best_of_n_many`). The plain
-functions `knockout`, `round_robin` and `swiss` (kojudge.judging.formats) drive one with `compare(pairs) -> verdicts`, called
-once per round. A verdict says whether the judge found each side correct (True / False / None for
-unparseable, which counts as incorrect).
+functions `knockout`, `round_robin` and `swiss` (kojudge.judging.formats) drive one with
+`compare(pairs) -> verdicts`, called once per round. A verdict says whether the judge found each
+side correct (True / False / None for unparseable, which counts as incorrect); a ScoredVerdict
+adds the judge's p(correct) per side.
 """
 from __future__ import annotations
 
