@@ -43,8 +43,8 @@ class DemoReport:
                  f"({self.judge_calls / self.questions:.1f} per question)",
                  f"  judge calls/s          {self.judge_calls / self.seconds:.2f}",
                  f"  cached prompt tokens   {100 * self.cached_ratio:.0f}%"]
-        rows += [f"  verdicts right on {name:<5s} {value:.3f}" for name,
-                 value in self.verdict_accuracy.items()]
+        rows += [f"  verdicts right on {name:<5s} {value:.3f}"
+                 for name, value in self.verdict_accuracy.items()]
         return "\n".join(rows)
 
 
@@ -144,7 +144,7 @@ def pointwise_picks(engine, judge_dir: str | Path, problems, candidates, samples
                                                   include_stop_str_in_output=True))
     items = sorted({(p.question, c.text) for p, cs in zip(problems, candidates) for c in cs})
     scored = scorer.score_many(items, n=samples, domain="math", seed=seed)
-    mean = {item: sum(s or 0.0 for s in result.rollout_scores) / samples for item,
-            result in zip(items, scored)}
+    mean = {item: sum(s or 0.0 for s in result.rollout_scores) / samples
+            for item, result in zip(items, scored)}
     return [max(range(len(cs)), key=lambda i: (mean[(p.question, cs[i].text)], -i))
             for p, cs in zip(problems, candidates)]

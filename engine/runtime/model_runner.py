@@ -112,8 +112,8 @@ class ModelRunner:
                for (s, _), ks, c in zip(decodes, key_start, context)]
         width = max(map(len, own))
         padded = [blocks + [0] * (width - len(blocks)) for blocks in own]
-        last = [s.block_table[(c - 1) // bs] * bs + (c - 1) % bs for (s, _),
-                c in zip(decodes, context)]
+        last = [s.block_table[(c - 1) // bs] * bs + (c - 1) % bs
+                for (s, _), c in zip(decodes, context)]
         slots.append(self._tensor(last))
         counts = [c - ks for c, ks in zip(context, key_start)]
         fields = dict(decode_blocks=self._tensor(padded), decode_key_counts=counts)
