@@ -33,7 +33,7 @@ def main() -> None:
                         help="N=16 and solve rates ~ Beta(1, 5): few right candidates among many "
                              "clustered wrong ones (writes demo_judge_study_hard)")
     args = parser.parse_args()
-    name = "demo_judge_study_hard" if args.hard else "demo_judge_study"
+    result_name = "demo_judge_study_hard" if args.hard else "demo_judge_study"
     demo_table = None
     if not args.hard:
         demo_table = run_demo(args.judge, questions=args.demo_questions,
@@ -68,8 +68,8 @@ def main() -> None:
                "pointwise_samples": args.pointwise_samples, "hard": args.hard}
     if demo_table is not None:
         payload["demo_table"] = demo_table
-    write_result(name, payload)
-    plot(rows, baselines, args, name)
+    write_result(result_name, payload)
+    plot(rows, baselines, args, result_name)
 
 
 def plot(rows: dict, baselines: dict, args, name: str) -> None:

@@ -1,0 +1,155 @@
+"""PaTaRM's claim on the demo task: GRPO with the preference-aware reward teaches a pointwise judge
+to score from pairwise preferences alone, with no pointwise labels.
+
+    python bench/patarm_experiment.py [--warmup-steps 150] [--grpo-steps 40]
+
+1. The starting judge: the shipped demo judge after a format-only warm-up, SFT on pointwise
+   judgments whose scores are replaced by placeholders drawn at random (0-10, independent of the
+   candidate), so its scores carry no correctness information. (The shipped judge's own SFT saw
+   pointwise judgments with real scores; the warm-up overwrites them, and the held-out pair
+   accuracy before GRPO shows what is left.)
+2. GRPO-PAR on (right, wrong) candidate pairs of training questions, scored pointwise: graded and
+   constant f side by side, from the same start.
+3. Each judge on held-out questions: pointwise pair accuracy (the chosen side's mean score above
+   the rejected side's; ties count half) and pointwise best-of-8 accuracy.
+
+Writes bench/results/patarm_experiment.json and .png (reward, pair accuracy and format-reward rate
+over GRPO steps for both f).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+
+from common import RESULTS, write_result
+
+from kojudge import Engine, PointwiseJudge, SamplingParams
+from kojudge.demo.run import SHIPPED_JUDGE, held_out_set, pick_accuracy, pointwise_picks
+from kojudge.judging.parsers import POINTWISE_STOP
+from kojudge.train.config import GRPOConfig, SFTConfig
+from kojudge.train.grpo import train_grpo
+from kojudge.train.recipes.demo_judge import (POINTWISE_FILE, pointwise_conversations,
+                                              preference_pairs)
+from kojudge.train.sft import train_sft
+
+SCORE = re.compile(r"<answer>\d+</answer>")
+
+
+def placeholder_scores(conversations: list, seed: int) -> list:
+    """The same judgments with every score replaced by a random one."""
+    rng = random.Random(seed)
+    for conversation in conversations:
+        reply = conversation[-1]
+        reply["content"] = SCORE.sub(lambda _: f"<answer>{rng.randint(0, 10)}</answer>",
+                                     reply["content"])
+    return conversations
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def evaluate(judge_dir: Path, pairs: int, questions: int, seed: int) -> dict:
+    """Held-out pointwise pair accuracy and pointwise best-of-8 accuracy."""
+    engine = Engine(judge_dir)
+    params = SamplingParams(max_tokens=300, temperature=1.0, stop=[POINTWISE_STOP],
+                            include_stop_str_in_output=True)
+    scorer = PointwiseJudge(engine, params=params, template=judge_dir / POINTWISE_FILE)
+    problems, candidates = held_out_set(pairs, 8, seed)
+    items, kept = [], 0
+    for problem, cs in zip(problems, candidates):
+        right = [c for c in cs if c.correct]
+        wrong = [c for c in cs if not c.correct]
+        if right and wrong:
+            items += [(problem.question, right[0].text), (problem.question, wrong[0].text)]
+            kept += 1
+    scored = scorer.score_many(items, n=4, domain="math", seed=seed)
+    means = [sum(s or 0.0 for s in r.rollout_scores) / 4 for r in scored]
+    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(means[::2], means[1::2]))
+    valid = sum(s is not None for r in scored for s in r.rollout_scores) / (4 * len(scored))
+    problems, candidates = held_out_set(questions, 8, seed + 1)
+    picks = pointwise_picks(engine, judge_dir, problems, candidates, 4, 300, seed)
+    return {"pair_accuracy": wins / kept, "pairs": kept, "valid_score_rate": valid,
+            "best_of_8_accuracy": pick_accuracy(candidates, picks), "questions": questions}
+
+
+def curves(output: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return [{"step": r["step"], "reward": r["reward"], "par_reward": r["par_reward"],
+             "pair_accuracy": r["pair_accuracy"], "format_ok_rate": r["valid_score_rate"]}
+            for r in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="runs/patarm")
+    parser.add_argument("--warmup-steps", type=int, default=150)
+    parser.add_argument("--grpo-steps", type=int, default=40)
+    parser.add_argument("--grpo-lr", type=float, default=1e-4)
+    parser.add_argument("--eval-pairs", type=int, default=120)
+    parser.add_argument("--eval-questions", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    start = time.perf_counter()
+    conversations = placeholder_scores(pointwise_conversations(args.warmup_steps * 32, 11), 12)
+    data = write_jsonl(work / "warmup.jsonl", [{"messages": c} for c in conversations])
+    train_sft(SFTConfig(model=str(SHIPPED_JUDGE), data=str(data), output=str(work / "warmup"),
+                        max_length=1024, batch_size=32, max_steps=args.warmup_steps, lr=5e-4,
+                        warmup_steps=10, dtype="bfloat16", save_every=10**9, eval_every=10**9,
+                        seed=args.seed))
+    base = work / "warmup" / "final"
+    shutil.copy(SHIPPED_JUDGE / POINTWISE_FILE, base / POINTWISE_FILE)
+    results = {"start": evaluate(base, args.eval_pairs, args.eval_questions, args.seed)}
+    print("start", results["start"], flush=True)
+    pairs = write_jsonl(work / "pairs.jsonl", preference_pairs(args.grpo_steps * 8, 13))
+    runs = {}
+    for f in ("graded", "constant"):
+        output = work / f"grpo-{f}"
+        train_grpo(GRPOConfig(model=str(base), data=str(pairs), output=str(output),
+                              template=str(base / POINTWISE_FILE), pairs_per_batch=8, rollouts=4,
+                              max_new_tokens=200, temperature=1.0, par=f,
+                              max_steps=args.grpo_steps, lr=args.grpo_lr, dtype="bfloat16",
+                              save_every=10**9, seed=args.seed))
+        shutil.copy(base / POINTWISE_FILE, output / "final" / POINTWISE_FILE)
+        results[f] = evaluate(output / "final", args.eval_pairs, args.eval_questions, args.seed)
+        runs[f] = curves(output)
+        print(f, results[f], flush=True)
+    write_result("patarm_experiment", {"warmup_steps": args.warmup_steps,
+                                       "grpo_steps": args.grpo_steps, "grpo_lr": args.grpo_lr,
+                                       "results": results, "curves": runs,
+                                       "minutes": (time.perf_counter() - start) / 60})
+    plot(runs)
+
+
+def plot(runs: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for f, rows in runs.items():
+        steps = [r["step"] for r in rows]
+        for ax, key in zip(axes, ("par_reward", "pair_accuracy", "format_ok_rate")):
+            ax.plot(steps, [r[key] for r in rows], label=f"{f} f")
+    for ax, title in zip(axes, ("mean PAR reward", "pair accuracy (training batch)",
+                                "valid-format rate")):
+        ax.set_title(title)
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "patarm_experiment.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
