@@ -90,7 +90,7 @@ def grpo_toy(grpo: dict) -> list[str]:
 
 def simulation(sim: dict) -> list[str]:
     ns = list(sim["by_n"])
-    out = [f"**Tournament formats, simulated judge** (`bench/simulate_tournaments.py`, "
+    out = [f"**Tournament formats, simulated judge, uncalibrated** (`bench/simulate_tournaments.py`, "
            f"{sim['questions']} questions per N, judge verification accuracy "
            f"{sim['judge_accuracy']:.2f}): best-of-N accuracy (judge calls per question).", "",
            "| format | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]

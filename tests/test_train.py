@@ -52,6 +52,17 @@ def test_sft_drives_the_loss_down_and_exports_a_loadable_model(tmp_path, sft_set
     assert engine.tokenizer.decode(ours).startswith("the answer is")  # it learned the format
 
 
+def test_sft_in_bfloat16_runs_under_autocast(tmp_path, sft_setup):
+    """A single process trains bfloat16 under autocast: the float32 layers' oneDNN path must step
+    aside for autocast's casts (it once met bfloat16 activations and raised)."""
+    model, data = sft_setup
+    records = train_sft(SFTConfig(model=str(model), data=str(data), output=str(tmp_path / "bf16"),
+                                  batch_size=8, max_steps=6, lr=3e-3, warmup_steps=2, dtype="bfloat16",
+                                  save_every=1000), progress=False)
+    losses = [r["loss"] for r in records]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
 def test_killed_sft_run_resumes_to_the_same_loss_curve(tmp_path, sft_setup):
     model, data = sft_setup
     base = dict(model=str(model), data=str(data), batch_size=8, epochs=5, lr=3e-3, warmup_steps=3, save_every=5)

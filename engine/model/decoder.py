@@ -34,7 +34,8 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return onednn.linear(x, self.packed, self.bias)
-        if onednn.applies(self.weight):
+        # Under autocast (bfloat16 training) F.linear casts; the oneDNN op would not.
+        if onednn.applies(self.weight) and not torch.is_autocast_enabled(x.device.type):
             return onednn.LinearFunction.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
