@@ -86,20 +86,10 @@ def curves(output: Path) -> list[dict]:
             for r in rows]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", default="runs/patarm")
-    parser.add_argument("--warmup-steps", type=int, default=150)
-    parser.add_argument("--grpo-steps", type=int, default=40)
-    parser.add_argument("--grpo-lr", type=float, default=1e-4)
-    parser.add_argument("--eval-pairs", type=int, default=120)
-    parser.add_argument("--eval-questions", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    work = Path(args.work)
+def warm_up(work: Path, args: argparse.Namespace) -> Path:
+    """The format-only warm-up from the shipped judge -> its directory."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    start = time.perf_counter()
     conversations = placeholder_scores(pointwise_conversations(args.warmup_steps * 32, 11), 12)
     data = write_jsonl(work / "warmup.jsonl", [{"messages": c} for c in conversations])
     train_sft(SFTConfig(model=str(SHIPPED_JUDGE), data=str(data), output=str(work / "warmup"),
@@ -108,20 +98,44 @@ def main() -> None:
                         seed=args.seed))
     base = work / "warmup" / "final"
     shutil.copy(SHIPPED_JUDGE / POINTWISE_FILE, base / POINTWISE_FILE)
+    return base
+
+
+def grpo_par(base: Path, pairs: Path, output: Path, f: str, args: argparse.Namespace) -> Path:
+    shutil.rmtree(output, ignore_errors=True)
+    train_grpo(GRPOConfig(model=str(base), data=str(pairs), output=str(output),
+                          template=str(base / POINTWISE_FILE), pairs_per_batch=8, rollouts=4,
+                          max_new_tokens=200, temperature=1.0, par=f, max_steps=args.grpo_steps,
+                          lr=args.grpo_lr, dtype="bfloat16", save_every=10**9, seed=args.seed))
+    shutil.copy(base / POINTWISE_FILE, output / "final" / POINTWISE_FILE)
+    return output / "final"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="runs/patarm")
+    parser.add_argument("--warmup-steps", type=int, default=150)
+    parser.add_argument("--grpo-steps", type=int, default=60)
+    parser.add_argument("--grpo-lr", type=float, default=1.5e-4)
+    parser.add_argument("--eval-pairs", type=int, default=120)
+    parser.add_argument("--eval-questions", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-warmup", action="store_true",
+                        help="reuse WORK/warmup/final from an earlier run")
+    args = parser.parse_args()
+    work = Path(args.work)
+    start = time.perf_counter()
+    base = work / "warmup" / "final"
+    if not (args.keep_warmup and base.is_dir()):
+        base = warm_up(work, args)
     results = {"start": evaluate(base, args.eval_pairs, args.eval_questions, args.seed)}
     print("start", results["start"], flush=True)
     pairs = write_jsonl(work / "pairs.jsonl", preference_pairs(args.grpo_steps * 8, 13))
     runs = {}
     for f in ("graded", "constant"):
-        output = work / f"grpo-{f}"
-        train_grpo(GRPOConfig(model=str(base), data=str(pairs), output=str(output),
-                              template=str(base / POINTWISE_FILE), pairs_per_batch=8, rollouts=4,
-                              max_new_tokens=200, temperature=1.0, par=f,
-                              max_steps=args.grpo_steps, lr=args.grpo_lr, dtype="bfloat16",
-                              save_every=10**9, seed=args.seed))
-        shutil.copy(base / POINTWISE_FILE, output / "final" / POINTWISE_FILE)
-        results[f] = evaluate(output / "final", args.eval_pairs, args.eval_questions, args.seed)
-        runs[f] = curves(output)
+        trained = grpo_par(base, pairs, work / f"grpo-{f}", f, args)
+        results[f] = evaluate(trained, args.eval_pairs, args.eval_questions, args.seed)
+        runs[f] = curves(trained.parent)
         print(f, results[f], flush=True)
     write_result("patarm_experiment", {"warmup_steps": args.warmup_steps,
                                        "grpo_steps": args.grpo_steps, "grpo_lr": args.grpo_lr,

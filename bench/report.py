@@ -179,6 +179,24 @@ def demo_judge_calibration(cal: dict) -> list[str]:
                       "(bench/results/demo_judge_calibration.png)"]
 
 
+def patarm_experiment(exp: dict) -> list[str]:
+    results = exp["results"]
+    out = ["**PaTaRM's claim, GRPO-PAR from pairwise preferences alone** "
+           "(`bench/patarm_experiment.py`): the shipped demo judge after a format-only warm-up "
+           f"({exp['warmup_steps']} SFT steps on pointwise judgments whose scores are random "
+           f"placeholders), then {exp['grpo_steps']} GRPO-PAR steps (lr {exp['grpo_lr']:g}) on "
+           "(right, wrong) candidate pairs, graded and constant f from the same start; held-out "
+           f"questions; {machine_line(exp)}, {exp['minutes']:.0f} minutes in all.", "",
+           "| judge | pointwise pair accuracy (pairs) | best-of-8 accuracy, pointwise mean vote | "
+           "valid-score rate |", "|---|---|---|---|"]
+    for name, row in results.items():
+        label = "start (after the warm-up)" if name == "start" else f"GRPO-PAR, {name} f"
+        out.append(f"| {label} | {interval(row['pair_accuracy'], row['pairs'])} ({row['pairs']}) "
+                   f"| {interval(row['best_of_8_accuracy'], row['questions'])} | "
+                   f"{row['valid_score_rate']:.3f} |")
+    return out + ["", "![GRPO-PAR curves, graded vs constant f](bench/results/patarm_experiment.png)"]
+
+
 def demo_judge_training(training: dict) -> list[str]:
     if not training.get("grpo_steps"):
         return []
@@ -215,6 +233,7 @@ PARAGRAPHS = [
     ("demo_judge_study_hard", demo_judge_study),
     ("demo_judge_calibration", demo_judge_calibration),
     ("demo_judge_training", demo_judge_training),
+    ("patarm_experiment", patarm_experiment),
 ]
 
 

@@ -27,7 +27,7 @@ BENCHMARKS = {  # name -> (script, arguments); `kojudge bench` runs them in orde
     "demo_judge": [("study_demo_judge.py", []), ("study_demo_judge.py", ["--hard", "--n", "16"]),
                    ("demo_judge_calibration.py", [])],
     "sft": [("bench_sft.py", [])],
-    "grpo": [("bench_grpo.py", [])],
+    "grpo": [("bench_grpo.py", []), ("patarm_experiment.py", [])],
 }
 
 

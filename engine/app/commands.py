@@ -106,7 +106,8 @@ def judge(args: argparse.Namespace) -> int:
         pair_judge = PairJudge(engine, template=args.template, params=params, format=args.format,
                                group_by_answer=not args.no_teams, both_orders=args.both_orders,
                                samples=args.samples, confidence=not args.no_confidence,
-                               **knockout_options(args))
+                               pairing=args.pairing, tie_break=args.tie_break,
+                               gate_flips=args.gate_flips)
         good = []
         for item in todo:  # every item checked before any work starts
             try:
@@ -120,12 +121,6 @@ def judge(args: argparse.Namespace) -> int:
                                   indices=[position[item["id"]] for item in good])
 
     return run_sharded(args, items, process)
-
-
-def knockout_options(args: argparse.Namespace) -> dict:
-    if args.format != "knockout":
-        return {}
-    return {"pairing": args.pairing, "tie_break": args.tie_break, "gate_flips": args.gate_flips}
 
 
 def score(args: argparse.Namespace) -> int:
