@@ -194,6 +194,11 @@ def patarm_experiment(exp: dict) -> list[str]:
         out.append(f"| {label} | {interval(row['pair_accuracy'], row['pairs'])} ({row['pairs']}) "
                    f"| {interval(row['best_of_8_accuracy'], row['questions'])} | "
                    f"{row['valid_score_rate']:.3f} |")
+    gain = max(results[f]["pair_accuracy"] for f in ("graded", "constant"))
+    gain -= results["start"]["pair_accuracy"]
+    verdict = ("The claim is reproduced here" if gain >= 0.1 else
+               "Not reproduced by this run: GRPO-PAR learned the format, not to score correctness")
+    out += ["", f"{verdict} (best held-out pair-accuracy change {gain:+.3f})."]
     return out + ["", "![GRPO-PAR curves, graded vs constant f](bench/results/patarm_experiment.png)"]
 
 
