@@ -144,14 +144,19 @@ def interval(accuracy: float, count: int) -> str:
 
 
 def demo_judge_study(study: dict) -> list[str]:
+    what = f"N={study['n']}"
+    flags = ""
     if study.get("hard"):
         what = ("the harder variant: N=16 and per-question solve rates ~ Beta(1, 5), so a few "
                 "right candidates stand among many clustered wrong ones")
-    else:
-        what = f"N={study['n']}"
-    out = [f"**Tournament formats, real judge** (`bench/study_demo_judge.py"
-           f"{' --hard --n 16' if study.get('hard') else ''}`): the shipped demo judge through the "
-           f"engine on {study['questions']} held-out questions, {what}; {machine_line(study)}.", "",
+        flags = " --hard --n 16"
+    if study.get("temperature"):
+        what += (f", judgments sampled at temperature {study['temperature']:g} (a noisier judge: "
+                 "where orders, samples and more matches can pay)")
+        flags += f" --temperature {study['temperature']:g}"
+    out = [f"**Tournament formats, real judge** (`bench/study_demo_judge.py{flags}`): the shipped "
+           f"demo judge through the engine on {study['questions']} held-out questions, {what}; "
+           f"{machine_line(study)}.", "",
            "| format | best-of-N accuracy (95% CI) | judge calls per question | wall time (s) | "
            "cached prompt tokens |", "|---|---|---|---|---|"]
     count = study["questions"]
@@ -161,7 +166,7 @@ def demo_judge_study(study: dict) -> list[str]:
                    f"{row['calls_per_question']:.1f} | {row['seconds']:.0f} | {cached} |")
     out += [f"| {name} (no judge) | {interval(value, count)} | 0 | - | - |"
             for name, value in study["baselines"].items()]
-    image = "demo_judge_study_hard" if study.get("hard") else "demo_judge_study"
+    image = study["benchmark"]
     return out + ["", f"![formats with the demo judge](bench/results/{image}.png)"]
 
 
@@ -236,6 +241,7 @@ PARAGRAPHS = [
     ("simulator_calibration", simulator_calibration),
     ("demo_judge_study", demo_judge_study),
     ("demo_judge_study_hard", demo_judge_study),
+    ("demo_judge_study_sampled", demo_judge_study),
     ("demo_judge_calibration", demo_judge_calibration),
     ("demo_judge_training", demo_judge_training),
     ("patarm_experiment", patarm_experiment),

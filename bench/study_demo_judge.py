@@ -32,8 +32,12 @@ def main() -> None:
     parser.add_argument("--hard", action="store_true",
                         help="N=16 and solve rates ~ Beta(1, 5): few right candidates among many "
                              "clustered wrong ones (writes demo_judge_study_hard)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sample the judgments (with --hard: writes demo_judge_study_sampled)")
     args = parser.parse_args()
     result_name = "demo_judge_study_hard" if args.hard else "demo_judge_study"
+    if args.hard and args.temperature > 0:
+        result_name = "demo_judge_study_sampled"
     demo_table = None
     if not args.hard:
         demo_table = run_demo(args.judge, questions=args.demo_questions,
@@ -45,7 +49,8 @@ def main() -> None:
     for fmt, both in FORMATS:
         engine = Engine(args.judge)
         start = time.perf_counter()
-        results = run_tournaments(engine, args.judge, problems, candidates, format=fmt, both_orders=both, seed=args.seed)
+        results = run_tournaments(engine, args.judge, problems, candidates, format=fmt, both_orders=both, seed=args.seed,
+                                   temperature=args.temperature)
         seconds = time.perf_counter() - start
         name = fmt + (" (both orders)" if both else "")
         rows[name] = {"accuracy": pick_accuracy(candidates, [r.winner for r in results]),
@@ -65,14 +70,15 @@ def main() -> None:
     print("pointwise mean vote", rows["pointwise mean vote"])
     baselines = baseline_accuracy(problems, candidates, args.seed)
     payload = {"questions": args.questions, "n": args.n, "formats": rows, "baselines": baselines,
-               "pointwise_samples": args.pointwise_samples, "hard": args.hard}
+               "pointwise_samples": args.pointwise_samples, "hard": args.hard,
+               "temperature": args.temperature}
     if demo_table is not None:
         payload["demo_table"] = demo_table
     write_result(result_name, payload)
     plot(rows, baselines, args, result_name)
 
 
-def plot(rows: dict, baselines: dict, args, name: str) -> None:
+def plot(rows: dict, baselines: dict, args, result_name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,7 +95,7 @@ def plot(rows: dict, baselines: dict, args, name: str) -> None:
     ax.set_title(f"demo judge, {args.questions} held-out questions")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+    fig.savefig(RESULTS / f"{result_name}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ BENCHMARKS = {  # name -> (script, arguments); `kojudge bench` runs them in orde
     "logprobs": [("bench_logprobs.py", [])],
     "simulation": [("simulate_tournaments.py", []), ("calibrate_simulator.py", [])],
     "demo_judge": [("study_demo_judge.py", []), ("study_demo_judge.py", ["--hard", "--n", "16"]),
+                   ("study_demo_judge.py", ["--hard", "--n", "16", "--temperature", "1"]),
                    ("demo_judge_calibration.py", [])],
     "sft": [("bench_sft.py", [])],
     "grpo": [("bench_grpo.py", []), ("patarm_experiment.py", [])],

@@ -61,9 +61,11 @@ def held_out_set(questions: int, n: int, seed: int = 0,
 
 def run_tournaments(engine, judge_dir: str | Path, problems, candidates, *,
                     format: str = "knockout", both_orders: bool = False, max_tokens: int = 400,
-                    seed: int = 0, bar=None) -> list:
-    """One PairJudge tournament per question, all questions' matches batched in the engine."""
-    params = SamplingParams(max_tokens=max_tokens, stop=[STOP], include_stop_str_in_output=True)
+                    seed: int = 0, bar=None, temperature: float = 0.0) -> list:
+    """One PairJudge tournament per question, all questions' matches batched in the engine
+    (judgments greedy, or sampled at `temperature` with a seed per request)."""
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, stop=[STOP],
+                            include_stop_str_in_output=True)
     judge = PairJudge(engine, template=Path(judge_dir) / "judge_template.md", format=format,
                       both_orders=both_orders, params=params)
     items = [(p.question, [c.text for c in cs]) for p, cs in zip(problems, candidates)]
