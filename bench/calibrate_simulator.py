@@ -76,7 +76,7 @@ class Judge:
     hardness: float
     bias: float = 0.03  # added to P("correct") of the side shown first
 
-    def lost(self, solve: float) -> float:
+    def lost(self, solve: float | np.ndarray) -> float | np.ndarray:
         return (1 - solve) ** self.hardness
 
     def compare(self, right: list[bool], solve: float, rng: random.Random):
@@ -90,7 +90,7 @@ class Judge:
 
     def accuracy(self, solve: np.ndarray) -> float:
         """Verification accuracy over questions of these solve rates."""
-        lost = float(np.mean((1 - solve) ** self.hardness))
+        lost = float(np.mean(self.lost(solve)))
         return (1 - lost) * (self.tpr + self.tnr) / 2 + lost * 0.5
 
 
@@ -252,7 +252,7 @@ def chen_bound(n: int, pass1: float, p_comp: float, k: int) -> float:
 
 def p_comp(judge: Judge, solve: np.ndarray) -> float:
     """P(the right side goes on) in a right-vs-wrong match judged once, over these questions."""
-    lost = float(np.mean((1 - solve) ** judge.hardness))
+    lost = float(np.mean(judge.lost(solve)))
     sharp = judge.tpr * judge.tnr + 0.5 * judge.tpr * (1 - judge.tnr)
     return (1 - lost) * sharp + lost * 0.375
 
