@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_generate import BENCH_MODEL  # noqa: E402
+from workloads import MODEL_SHAPES  # noqa: E402
 from common import write_result  # noqa: E402
 
 from kojudge.model.tiny import make_tiny_model  # noqa: E402
@@ -86,7 +86,7 @@ def main() -> None:
     convs = conversations(args.steps * args.batch)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = make_tiny_model(tmp / "model", "qwen2", tie_word_embeddings=True, initializer_range=0.05, **BENCH_MODEL)
+        model = make_tiny_model(tmp / "model", "qwen2", tie_word_embeddings=True, initializer_range=0.05, **MODEL_SHAPES["bench-25m"])
         data = tmp / "data.jsonl"
         data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs))
         from transformers import AutoTokenizer

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_generate import BENCH_MODEL  # noqa: E402
+from workloads import MODEL_SHAPES  # noqa: E402
 from common import write_result  # noqa: E402
 from workloads import first_round  # noqa: E402
 
@@ -159,7 +159,7 @@ def engine_case(num_questions: int) -> dict:
     backends = ["torch", "triton"] + (["flashinfer"] if flashinfer_available() else [])
     results: dict = {"num_questions": num_questions, "backends": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        path = make_tiny_model(tmp, "qwen2", tie_word_embeddings=True, initializer_range=0.05, **BENCH_MODEL)
+        path = make_tiny_model(tmp, "qwen2", tie_word_embeddings=True, initializer_range=0.05, **MODEL_SHAPES["bench-25m"])
         workload = first_round(num_questions=num_questions, vocab_size=kojudge.load_config(path).vocab_size)
         params = kojudge.SamplingParams(max_tokens=16, ignore_eos=True, logprobs=True)
         outputs = {}

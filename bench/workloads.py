@@ -6,6 +6,7 @@ closing instruction, as token ids drawn at random (the model is random too; only
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -51,3 +52,31 @@ def first_round(num_questions: int = 8, num_candidates: int = 16, template_token
             prompts.append(template + question + candidates[a] + candidates[a + 1] + tail)
             question_of.append(q)
     return TournamentWorkload(prompts, question_of, count_unique_prefix_tokens(prompts))
+
+
+# Random-weight models of real judges' shapes (tied embeddings, as both Qwen2.5 sizes have).
+MODEL_SHAPES = {
+    "bench-25m": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4,
+                      intermediate_size=1536, vocab_size=2048),
+    "qwen2.5-0.5b": dict(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
+                         intermediate_size=4864, embedding_rows=151936,
+                         max_position_embeddings=32768),
+    "qwen2.5-1.5b": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2,
+                         intermediate_size=8960, embedding_rows=151936,
+                         max_position_embeddings=32768),
+}
+MODELS_DIR = Path(__file__).parent / "results" / "tmp" / "models"
+
+
+def bench_model(name: str) -> Path:
+    """The model directory of a MODEL_SHAPES entry, written once (a tokenizer of 2,048 tokens:
+    prompts are token ids drawn below that)."""
+    from kojudge.model.tiny import make_tiny_model
+
+    path = MODELS_DIR / name
+    if not (path / "config.json").is_file():
+        shape = dict(MODEL_SHAPES[name])
+        vocab = shape.pop("vocab_size", 2048)
+        make_tiny_model(path, "qwen2", tie_word_embeddings=True, initializer_range=0.05,
+                        vocab_size=vocab, **shape)
+    return path

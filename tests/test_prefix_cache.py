@@ -443,3 +443,24 @@ def test_decode_workspace_shrinks_headroom_to_fit_its_budget():
     assert ws.reserve(num_rows=3, length=10) and ws.k[0].shape == (3, kv_heads, 20, d)
     ws = DecodeWorkspace(cache, budget_bytes=3 * 11 * column_bytes)
     assert not ws.reserve(num_rows=3, length=10)  # 12 columns (3 blocks) do not fit
+
+
+def test_a_fresh_kv_pool_is_zero_and_costs_no_memory_until_used():
+    """The pool comes from calloc'd pages: constructing a GiB of it must not write (and so
+    fault in) that GiB, which took seconds of every first Engine() with torch.zeros."""
+    import resource
+
+    from kojudge.attention.batch import KVCache
+
+    def resident_bytes() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+
+    before = resident_bytes()
+    cache = KVCache(num_layers=8, num_blocks=8192, block_size=16, num_kv_heads=4, head_dim=64,
+                    dtype=torch.bfloat16, device="cpu")
+    pool = cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size()
+    assert pool == 2**30
+    assert resident_bytes() - before < pool // 16
+    assert cache.k.dtype == torch.bfloat16 and cache.k.shape == (8, 4, 8192 * 16, 64)
+    assert not cache.k[3, 2, -5:].any() and not cache.v[7].any()

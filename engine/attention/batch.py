@@ -3,8 +3,10 @@ which keys each query reads (its own blocks, a shared prefix, a decode workspace
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from kojudge.kernels.cpu_attention import store_kv
@@ -12,6 +14,17 @@ from kojudge.utils import ceil_div
 
 if TYPE_CHECKING:
     from kojudge.attention.workspace import WorkspaceStep
+
+
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype,
+               device: torch.device | str) -> torch.Tensor:
+    """torch.zeros, but on CPU from calloc'd memory whose pages the OS zeroes on first touch:
+    a pool of gigabytes costs nothing until its blocks are used (torch.zeros writes every page,
+    seconds per GiB, at engine construction)."""
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
 
 
 class KVCache:
@@ -25,8 +38,8 @@ class KVCache:
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
                  head_dim: int, dtype: torch.dtype, device: torch.device | str):
         shape = (num_layers, num_kv_heads, num_blocks * block_size, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = lazy_zeros(shape, dtype, device)
+        self.v = lazy_zeros(shape, dtype, device)
         self.block_size = block_size
         self.num_blocks = num_blocks
 

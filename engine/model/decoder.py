@@ -6,7 +6,8 @@ serves the engine and the trainer.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from contextlib import contextmanager
+from typing import Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,10 @@ class Linear(nn.Linear):
 
     packed: torch.Tensor | None = None
 
+    def reset_parameters(self) -> None:
+        """No random init: load_weights fills every weight next (and on the meta device the init
+        would import torch._dynamo, a second of a first Engine())."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return onednn.linear(x, self.packed, self.bias)
@@ -38,6 +43,11 @@ class Linear(nn.Linear):
         if onednn.applies(self.weight) and not torch.is_autocast_enabled(x.device.type):
             return onednn.LinearFunction.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        """No random init, as Linear."""
 
 
 class RMSNorm(nn.Module):
@@ -142,12 +152,12 @@ class Model(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = None
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rotary = Rotary(config)
         # See Linear; the LM head may be the embedding.
         self.lm_head_packed: torch.Tensor | None = None
@@ -171,7 +181,7 @@ class Model(nn.Module):
         """Pack every linear weight, the LM head included, for oneDNN (`onednn.can_pack` says where
         it applies); call again after the weights change."""
         for module in self.modules():
-            if isinstance(module, Linear):
+            if isinstance(module, Linear) and module is not self.lm_head:
                 module.packed = onednn.pack(module.weight)
         self.lm_head_packed = onednn.pack(self.lm_head_weight)
 
@@ -179,3 +189,21 @@ class Model(nn.Module):
         if self.lm_head_packed is not None:
             return onednn.linear(hidden, self.lm_head_packed, None)
         return F.linear(hidden, self.lm_head_weight)
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def empty_model(config: ModelConfig, dtype: torch.dtype, device: torch.device) -> Model:
+    """The model's parameters allocated in `dtype` on `device`, uninitialized, for load_weights.
+    Built in place: through the meta device, to_empty would import torch.fx's shape machinery
+    (0.4 s of a first Engine())."""
+    with torch.device(device), _default_dtype(dtype):
+        return Model(config)

@@ -60,11 +60,13 @@ def make_tiny_model(path: str | Path, family: str = "qwen2", *, tie_word_embeddi
                     max_position_embeddings: int = 2048, head_dim: int | None = None,
                     initializer_range: float = 0.1, seed: int = 0,
                     max_shard_size: str | None = None, char_tokenizer: bool = False,
-                    **config_overrides) -> Path:
+                    embedding_rows: int | None = None, **config_overrides) -> Path:
     """Write a random model of `family` (qwen2 | qwen3 | llama) and its tokenizer to `path`.
 
     A wider initializer than the default keeps the random model's next-token distribution peaked, so
-    greedy decoding has no near-ties that float rounding could flip.
+    greedy decoding has no near-ties that float rounding could flip. `embedding_rows` sizes the
+    embedding and LM head past the tokenizer's vocabulary, as released checkpoints do (a benchmark
+    shape's 151,936 rows).
     """
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
@@ -73,7 +75,8 @@ def make_tiny_model(path: str | Path, family: str = "qwen2", *, tie_word_embeddi
     tokenizer = make_char_tokenizer(path) if char_tokenizer else make_tokenizer(path, vocab_size)
     config_cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}[family]
     extra = {"head_dim": head_dim} if head_dim else {}
-    config = config_cls(vocab_size=len(tokenizer), hidden_size=hidden_size,
+    rows = max(len(tokenizer), embedding_rows or 0)
+    config = config_cls(vocab_size=rows, hidden_size=hidden_size,
                         intermediate_size=intermediate_size, num_hidden_layers=num_layers,
                         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
                         max_position_embeddings=max_position_embeddings,

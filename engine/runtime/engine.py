@@ -13,7 +13,7 @@ from kojudge.attention.batch import KVCache
 from kojudge.kernels import onednn
 from kojudge.kernels.dispatch import choose_backend
 from kojudge.model.config import load_config
-from kojudge.model.decoder import Model
+from kojudge.model.decoder import Model, empty_model
 from kojudge.model.tokenizer import Tokenizer
 from kojudge.model.weights import load_weights
 from kojudge.runtime.config import EngineConfig
@@ -73,9 +73,7 @@ class Engine:
 
     def _load_model(self) -> Model:
         options = self.engine_config
-        with torch.device("meta"):
-            model = Model(self.config)
-        model = model.to_empty(device=self.device).to(self.dtype)
+        model = empty_model(self.config, self.dtype, self.device)
         load_weights(model, self.model_dir)
         packable = onednn.can_pack(model)
         if options.pack_weights and not packable:
