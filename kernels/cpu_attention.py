@@ -3,6 +3,9 @@ and the KV store. The paged torch backend is built from these; they are also the
 of the Triton kernels in kojudge.kernels.attention."""
 from __future__ import annotations
 
+import functools
+import time
+
 import torch
 
 from kojudge.kernels import onednn
@@ -87,20 +90,43 @@ def _attention_onednn(q: torch.Tensor, k: torch.Tensor,
     return out, lse
 
 
+@functools.cache
+def onednn_attention_is_faster() -> bool:
+    """Whether unmasked float32 attention runs faster on oneDNN's matmuls than on torch's flash
+    kernel on this machine, measured once per process (~20 ms): the flash kernel's GEMMs are
+    MKL's, which on some CPUs (AMD EPYC) run at half oneDNN's speed and on others match it, and
+    then the fused kernel wins by 3x."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, rows, 64, generator=generator) for rows in (256, 1024, 1024))
+
+    def best_of_three(attend) -> float:
+        attend()
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            attend()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    flash = best_of_three(lambda: FLASH_CPU(q[None], k[None], v[None]))
+    return best_of_three(lambda: _attention_onednn(q, k, v)) < 0.9 * flash
+
+
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """q [M, heads, d] attends to k/v [kv_heads, S, d] -> (out [M, heads, d], LSE [M, heads]).
 
     The query heads of one KV head are stacked along the query axis, so GQA repeats no keys. On
     CPU it runs torch's flash kernel, or oneDNN's matmuls for unmasked float32 with many rows (a
-    shared prefix); elsewhere the matmul form. bias: an additive mask [group * M, S] in q's dtype,
+    shared prefix) where those measured faster; elsewhere the matmul form. bias: an additive mask [group * M, S] in q's dtype,
     rows in the stacked order (additive_mask(mask, q.dtype, group)).
     """
     m, heads, d = q.shape
     kv_heads = k.shape[0]
     group = heads // kv_heads
     stacked = q.view(m, kv_heads, group, d).permute(1, 2, 0, 3).reshape(kv_heads, group * m, d)
-    if bias is None and stacked.shape[1] >= ONEDNN_MIN_ROWS and onednn.applies(q):
+    many_rows = bias is None and stacked.shape[1] >= ONEDNN_MIN_ROWS and onednn.applies(q)
+    if many_rows and (not flash_cpu_runs(q) or onednn_attention_is_faster()):
         out, lse = _attention_onednn(stacked, k, v)
     elif flash_cpu_runs(q):
         out, lse = FLASH_CPU(stacked[None], k[None], v[None], attn_mask=bias)

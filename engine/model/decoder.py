@@ -78,17 +78,19 @@ class Rotary(nn.Module):
         self.cos = (angles.cos() * self.scaling).to(self.cos.device)
         self.sin = (angles.sin() * self.scaling).to(self.sin.device)
 
-    def table(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [T, 1, head_dim] for the given absolute positions (looked up once per
-        forward)."""
+    def table(self, positions: torch.Tensor,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, 1, head_dim] in `dtype` for the given absolute positions (looked up and
+        cast once per forward, as transformers casts them once)."""
         if positions.numel() and int(positions.max()) >= self.cos.shape[0]:
             self._grow(int(positions.max()) + 1)
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        return (self.cos[positions].unsqueeze(1).to(dtype),
+                self.sin[positions].unsqueeze(1).to(dtype))
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
+    return torch.cat([-x2, x1], dim=-1).mul_(sin).add_(x * cos)
 
 
 class SelfAttention(nn.Module):
@@ -129,7 +131,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(gate).mul_(up))
 
 
 class DecoderLayer(nn.Module):
@@ -171,7 +173,7 @@ class Model(nn.Module):
         """input_ids, positions: [T] packed tokens of many sequences -> final hidden states [T,
         hidden]."""
         x = self.embed_tokens(input_ids)
-        rope = self.rotary.table(positions)
+        rope = self.rotary.table(positions, x.dtype)
         for layer in self.layers:
             x = layer(x, rope, attention)
         return self.norm(x)
