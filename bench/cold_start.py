@@ -30,12 +30,12 @@ def timed_round(engine: kojudge.Engine, prompts: list[list[int]],
 def main() -> None:
     request = json.loads(Path(sys.argv[1]).read_text())
     import_seconds = time.perf_counter() - started
-    prompts, options = request["prompts"], request["options"]
+    prompts = request["prompts"]
     params = kojudge.SamplingParams(max_tokens=request["new_tokens"], ignore_eos=True)
 
     def load() -> tuple[float, kojudge.Engine]:
         start = time.perf_counter()
-        engine = kojudge.Engine(request["model_dir"], dtype=request["dtype"], **options)
+        engine = kojudge.Engine(request["model_dir"], dtype=request["dtype"])
         return time.perf_counter() - start, engine
 
     engine_seconds, engine = load()

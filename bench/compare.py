@@ -19,7 +19,7 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="bench-25m", choices=sorted(MODEL_SHAPES))
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=2, help="warm kojudge runs (best kept)")
-    parser.add_argument("--hf-batches", type=int, nargs="*", default=[8, 16, 32, 64],
+    parser.add_argument("--hf-batches", type=int, nargs="*", default=[4, 8, 16, 32, 64],
                         help="HF generate batch sizes, each timed (none: HF skipped)")
     parser.add_argument("--llama-slots", type=int, nargs="*", default=[8, 16],
                         help="llama.cpp server slot counts, each timed (none: skipped)")
@@ -71,6 +71,8 @@ def compare(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]],
     for name, baseline in baselines.items():
         result[name] = {k: v for k, v in baseline.items() if k != "outputs"}
         result[name]["identical_to_kojudge"] = agreement(baseline["outputs"], ours["outputs"])
+        result[name]["first_tokens_identical_to_kojudge"] = agreement(
+            [o[:1] for o in baseline["outputs"]], [o[:1] for o in ours["outputs"]])
         for run in ("first_run", "warm_run"):
             result[name][f"speedup_{run}"] = baseline["seconds"] / ours[f"{run}_seconds"]
     if "hf" in baselines and "llama_cpp" in baselines:
@@ -87,7 +89,8 @@ def print_ratios(result: dict) -> None:
             best = r.get("best_batch", r.get("best_setting"))
             print(f"  vs {name} at its best ({best}): {r['speedup_first_run']:.2f}x first run, "
                   f"{r['speedup_warm_run']:.2f}x warm; identical greedy outputs "
-                  f"{r['identical_to_kojudge']}", flush=True)
+                  f"{r['identical_to_kojudge']} (first tokens "
+                  f"{r['first_tokens_identical_to_kojudge']})", flush=True)
 
 
 def prefill_fraction(result: dict, config: kojudge.ModelConfig, mean_prompt: float) -> float:

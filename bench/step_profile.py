@@ -18,8 +18,10 @@ CATEGORIES = ("linear", "attention", "lm_head", "other_torch", "host")
 
 
 def step_kind(work) -> str:
-    sizes = {n == 1 for _, n in work}
-    return {frozenset({True}): "decode", frozenset({False}): "prefill"}.get(frozenset(sizes), "mixed")
+    single_tokens = {n == 1 for _, n in work}
+    if single_tokens == {True}:
+        return "decode"
+    return "prefill" if single_tokens == {False} else "mixed"
 
 
 class StepProfile:

@@ -22,14 +22,13 @@ BENCH_DIR = Path(__file__).parent
 
 
 def run_kojudge(model_dir: Path, dtype: str, prompts: list[list[int]], new_tokens: int,
-                repeats: int, options: dict | None = None) -> dict:
+                repeats: int) -> dict:
     """bench/cold_start.py in a fresh process: load and first-round times, best warm round, the
     step profile of a warm round, and the outputs."""
     with tempfile.TemporaryDirectory() as tmp:
         request, reply = Path(tmp) / "request.json", Path(tmp) / "reply.json"
         request.write_text(json.dumps(dict(model_dir=str(model_dir), dtype=dtype, prompts=prompts,
-                                           new_tokens=new_tokens, repeats=repeats,
-                                           options=options or {})))
+                                           new_tokens=new_tokens, repeats=repeats)))
         subprocess.run([sys.executable, str(BENCH_DIR / "cold_start.py"), str(request),
                         str(reply)], check=True)
         return json.loads(reply.read_text())

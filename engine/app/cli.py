@@ -20,8 +20,13 @@ from kojudge.train.grpo import train_grpo
 from kojudge.train.sft import train_sft
 
 BENCHMARKS = {  # name -> (script, arguments); `kojudge bench` runs them in order, then the report
-    "generate": [("bench_generate.py", []), ("bench_generate.py", ["--dtype", "bfloat16"])],
-    "tournament": [("bench_tournament.py", []), ("bench_tournament.py", ["--dtype", "bfloat16"])],
+    "generate": [("bench_generate.py", ["--model", "qwen2.5-0.5b", "--dtype", "bfloat16",
+                                        "--repeats", "1", "--hf-batches", "8", "32",
+                                        "--llama-slots", "16", "--llama-flash", "on"])],
+    "tournament": [("bench_tournament.py", []),
+                   ("bench_tournament.py", ["--model", "qwen2.5-0.5b", "--dtype", "bfloat16",
+                                            "--repeats", "1", "--hf-batches", "8",
+                                            "--llama-slots", "16", "--llama-flash", "on"])],
     "logprobs": [("bench_logprobs.py", [])],
     "simulation": [("simulate_tournaments.py", []), ("calibrate_simulator.py", [])],
     "demo_judge": [("study_demo_judge.py", []), ("study_demo_judge.py", ["--hard", "--n", "16"]),
