@@ -1,6 +1,9 @@
 """Small helpers every layer uses."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import os
 from pathlib import Path
@@ -50,3 +53,26 @@ def process_device(device: str) -> str:
     """Under torchrun each process takes its own GPU: a bare 'cuda' becomes cuda:LOCAL_RANK."""
     local_rank = os.environ.get("LOCAL_RANK")
     return f"cuda:{local_rank}" if device == "cuda" and local_rank is not None else device
+
+
+# glibc's mallopt parameters.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+# Freed blocks up to this size stay in the heap for reuse; larger ones (the KV pool) are still
+# mapped fresh, so they keep their lazily zeroed pages.
+REUSED_BLOCK_BYTES = 256 * 2**20
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Make glibc keep freed blocks of up to REUSED_BLOCK_BYTES for reuse, as a caching allocator
+    would: by default it returns each block over 32 MB to the OS on free and maps a fresh one
+    for the next tensor, whose every page then faults in again (a step's intermediates of tens
+    of MB each: elementwise ops ran at half speed). False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, REUSED_BLOCK_BYTES)
+                and mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

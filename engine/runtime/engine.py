@@ -25,7 +25,7 @@ from kojudge.runtime.scheduler import Scheduler
 from kojudge.runtime.sequence import (RequestOutput, ScheduledChunk, Sequence,
                                       request_output)
 from kojudge.runtime.stopping import Detokenizer, finish_reason
-from kojudge.utils import ceil_div
+from kojudge.utils import ceil_div, reuse_freed_memory
 
 SCORE_ROWS = 256  # scored rows whose float32 logits are held at a time
 
@@ -46,6 +46,8 @@ class Engine:
         self.config = load_config(model_dir)
         self.model_dir = Path(model_dir)
         self.device = torch.device(config.device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()
         self.dtype = config.torch_dtype
         self.attention_backend = choose_backend(self.device, config.attention_backend)
         half_on_cuda = self.device.type == "cuda" and self.dtype != torch.float32
