@@ -28,9 +28,17 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT)
 
 
-def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear(x, weight, bias) on the packed weight; x [..., in]."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+def linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+           activation: str = "none") -> torch.Tensor:
+    """F.linear(x, weight, bias) on the packed weight, then `activation` in the GEMM's epilogue
+    ("swish" is SiLU); x [..., in]."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, activation, [], "")
+
+
+def linear_times(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
+                 factor: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, weight, bias) * factor, the product in the GEMM's epilogue."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, factor, packed, bias, "mul")
 
 
 def applies(weight: torch.Tensor) -> bool:

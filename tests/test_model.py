@@ -10,6 +10,7 @@ from kojudge.attention.batch import KVCache
 from kojudge.attention.torch_paged import PagedAttention
 from kojudge.attention.varlen import CausalVarlenAttention
 from kojudge.model.config import load_config
+from kojudge.kernels import onednn
 from kojudge.model.decoder import Model
 from kojudge.runtime.model_runner import ModelRunner, packing_order
 from kojudge.runtime.sampling import SamplingParams
@@ -159,3 +160,29 @@ def test_missing_weights_and_pickle_files_are_refused(tmp_path, model_dirs):
     (path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(FileNotFoundError, match="pickle checkpoints are not loaded"):
         load(path)
+
+
+@pytest.mark.skipif(not onednn.available(), reason="torch built without oneDNN: nothing is packed")
+def test_packed_model_with_mlp_biases_matches_transformers(tmp_path):
+    """Packed, SwiGLU runs SiLU and the product in oneDNN's epilogues, biases split in halves."""
+    from transformers import AutoModelForCausalLM
+
+    path = make_tiny_model(tmp_path, "llama", mlp_bias=True, attention_bias=True)
+    hf = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():  # transformers initializes biases to zero
+        for name, param in hf.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.5)
+    hf.save_pretrained(path)
+    model = load(path)
+    model.pack_weights()
+    assert all(layer.mlp.packed is not None for layer in model.layers)
+    prompts = random_prompts(LENGTHS)
+    cu = [0]
+    for p in prompts:
+        cu.append(cu[-1] + len(p))
+    with torch.no_grad():
+        hidden = model(torch.tensor(sum(prompts, [])), torch.cat([torch.arange(len(p)) for p in prompts]),
+                       CausalVarlenAttention(cu))
+        ours = model.logits(hidden)
+    torch.testing.assert_close(ours, hf_logits(hf, prompts), atol=1e-4, rtol=0)
