@@ -1,5 +1,5 @@
-"""Where an engine's time goes, per step kind: linear layers, attention, LM head, the model's
-other torch ops (norms, rotary, residuals, activations) and the host side (batch building,
+"""Where an engine's time goes, per step kind: linear layers (the MLP block whole), attention, LM
+head, the model's other torch ops (norms, rotary, residuals) and the host side (batch building,
 scheduling, sampling, Python).
 
 The CPU runs each op synchronously, so wall-clock timers around the linear modules, the attention
@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 
 import kojudge
-from kojudge.model.decoder import Linear
+from kojudge.model.decoder import Linear, SwiGLU
 
 CATEGORIES = ("linear", "attention", "lm_head", "other_torch", "host")
 
@@ -34,6 +34,7 @@ class StepProfile:
         self.lm_head_rows: dict[str, int] = defaultdict(int)
         self._kind = "idle"
         self._linear_started = 0.0
+        self._linear_depth = 0
         self._wrap(engine)
 
     def _add(self, category: str, seconds: float) -> None:
@@ -77,16 +78,22 @@ class StepProfile:
 
         engine.step, engine.runner.run, engine.model.logits = timed_step, timed_run, timed_logits
         engine.runner.attention = timed_attention
+        # The MLP block counts as linear as a whole: packed, its GEMMs run SiLU and the product
+        # in their epilogues (its down projection, a Linear inside it, is not counted twice).
         for module in engine.model.modules():
-            if isinstance(module, Linear):
+            if isinstance(module, (Linear, SwiGLU)):
                 module.register_forward_pre_hook(self._linear_pre)
                 module.register_forward_hook(self._linear_post)
 
     def _linear_pre(self, module, args) -> None:
-        self._linear_started = time.perf_counter()
+        if self._linear_depth == 0:
+            self._linear_started = time.perf_counter()
+        self._linear_depth += 1
 
     def _linear_post(self, module, args, output) -> None:
-        self._add("linear", time.perf_counter() - self._linear_started)
+        self._linear_depth -= 1
+        if self._linear_depth == 0:
+            self._add("linear", time.perf_counter() - self._linear_started)
 
     def breakdown(self) -> dict[str, dict[str, float]]:
         """Per step kind: seconds per category (CATEGORIES), their total, steps, tokens and LM
