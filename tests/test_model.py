@@ -27,6 +27,17 @@ def load(path):
     return model.eval()
 
 
+def varlen_logits(model, prompts):
+    """Our logits of the prompts packed into one varlen batch."""
+    cu = [0]
+    for p in prompts:
+        cu.append(cu[-1] + len(p))
+    with torch.no_grad():
+        hidden = model(torch.tensor(sum(prompts, [])), torch.cat([torch.arange(len(p)) for p in prompts]),
+                       CausalVarlenAttention(cu))
+        return model.logits(hidden)
+
+
 def hf_logits(hf_model, prompts):
     with torch.no_grad():
         return torch.cat([hf_model(torch.tensor([p])).logits[0] for p in prompts])
@@ -36,13 +47,7 @@ def hf_logits(hf_model, prompts):
 def test_packed_varlen_logits_match_transformers(name, model_dirs, hf_models):
     model = load(model_dirs[name])
     prompts = random_prompts(LENGTHS)
-    cu = [0]
-    for p in prompts:
-        cu.append(cu[-1] + len(p))
-    with torch.no_grad():
-        hidden = model(torch.tensor(sum(prompts, [])), torch.cat([torch.arange(len(p)) for p in prompts]),
-                       CausalVarlenAttention(cu))
-        ours = model.logits(hidden)
+    ours = varlen_logits(model, prompts)
     torch.testing.assert_close(ours, hf_logits(hf_models[name], prompts), atol=1e-4, rtol=0)
 
 
@@ -178,11 +183,5 @@ def test_packed_model_with_mlp_biases_matches_transformers(tmp_path):
     model.pack_weights()
     assert all(layer.mlp.packed is not None for layer in model.layers)
     prompts = random_prompts(LENGTHS)
-    cu = [0]
-    for p in prompts:
-        cu.append(cu[-1] + len(p))
-    with torch.no_grad():
-        hidden = model(torch.tensor(sum(prompts, [])), torch.cat([torch.arange(len(p)) for p in prompts]),
-                       CausalVarlenAttention(cu))
-        ours = model.logits(hidden)
+    ours = varlen_logits(model, prompts)
     torch.testing.assert_close(ours, hf_logits(hf, prompts), atol=1e-4, rtol=0)
