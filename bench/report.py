@@ -61,7 +61,7 @@ def speed(results: list[dict]) -> list[str]:
            "tokens: HF / llama.cpp (first tokens) |", "|---|---|---|---|---|---|---|"]
     for r in results:
         k = r["kojudge"]
-        same = [r[n]["identical_to_kojudge"] for n in ("hf", "llama_cpp") if n in r]
+        same = [r[n]["identical_to_kojudge"] if n in r else "-" for n in ("hf", "llama_cpp")]
         if "llama_cpp" in r:
             same[-1] += f" ({r['llama_cpp']['first_tokens_identical_to_kojudge']})"
         out.append(f"| {r['benchmark'].split('_')[0]} | {r['model']}, {r['dtype']} | "
