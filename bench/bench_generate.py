@@ -16,8 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
-from compare import add_system_arguments, compare  # noqa: E402
-from workloads import bench_model  # noqa: E402
+from compare import add_system_arguments, check_greedy_matches_hf, compare  # noqa: E402
+from workloads import bench_model, prompt_vocab  # noqa: E402
+
+import kojudge  # noqa: E402
 
 
 def main() -> None:
@@ -29,12 +31,11 @@ def main() -> None:
     model_dir = bench_model(args.model)
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(50, 300, (args.prompts,), generator=g).tolist()
-    prompts = [torch.randint(3, 2000, (n,), generator=g).tolist() for n in lengths]
+    vocab = prompt_vocab(kojudge.load_config(model_dir))
+    prompts = [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
     result = compare(args, model_dir, prompts, args.new_tokens)
     print(f"-> {write_result(f'generate_{args.model}_{args.dtype}', result)}")
-    hf = result.get("hf")
-    if args.dtype == "float32" and hf and hf["identical_to_kojudge"] != f"{len(prompts)}/{len(prompts)}":
-        raise SystemExit("greedy outputs differ from transformers")
+    check_greedy_matches_hf(result)
 
 
 if __name__ == "__main__":

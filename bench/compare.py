@@ -82,6 +82,14 @@ def compare(args: argparse.Namespace, model_dir: Path, prompts: list[list[int]],
     return result
 
 
+def check_greedy_matches_hf(result: dict) -> None:
+    """In float32 kojudge's greedy tokens must be HF's, every one (after the result is written)."""
+    hf = result.get("hf")
+    every = f"{result['prompts']}/{result['prompts']}"
+    if result["dtype"] == "float32" and hf and hf["identical_to_kojudge"] != every:
+        raise SystemExit("greedy outputs differ from transformers")
+
+
 def print_ratios(result: dict) -> None:
     for name in ("hf", "llama_cpp"):
         if name in result:

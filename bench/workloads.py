@@ -69,8 +69,8 @@ MODELS_DIR = Path(__file__).parent / "results" / "tmp" / "models"
 
 
 def bench_model(name: str) -> Path:
-    """The model directory of a MODEL_SHAPES entry, written once (a tokenizer of 2,048 tokens:
-    prompts are token ids drawn below that)."""
+    """The model directory of a MODEL_SHAPES entry, written once (its tokenizer trained on a small
+    corpus, so it holds fewer tokens than asked for: see prompt_vocab)."""
     from kojudge.model.tiny import make_tiny_model
 
     path = MODELS_DIR / name
@@ -80,3 +80,9 @@ def bench_model(name: str) -> Path:
         make_tiny_model(path, "qwen2", tie_word_embeddings=True, initializer_range=0.05,
                         vocab_size=vocab, **shape)
     return path
+
+
+def prompt_vocab(config) -> int:
+    """Random prompt token ids are drawn below this: ids the tokenizer holds (llama.cpp gets the
+    same ids), at most 2,048 however large the embedding."""
+    return min(config.vocab_size, 2048)
