@@ -119,8 +119,8 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     The query heads of one KV head are stacked along the query axis, so GQA repeats no keys. On
     CPU it runs torch's flash kernel, or oneDNN's matmuls for unmasked float32 with many rows (a
-    shared prefix) where those measured faster; elsewhere the matmul form. bias: an additive mask [group * M, S] in q's dtype,
-    rows in the stacked order (additive_mask(mask, q.dtype, group)).
+    shared prefix) where those measured faster; elsewhere the matmul form. bias: an additive mask
+    [group * M, S] in q's dtype, rows in the stacked order (additive_mask(mask, q.dtype, group)).
     """
     m, heads, d = q.shape
     kv_heads = k.shape[0]

@@ -120,9 +120,12 @@ class SelfAttention(nn.Module):
         return self.o_proj(out.reshape(-1, self.num_heads * self.head_dim))
 
 
+# The gate and up weights packed apart for oneDNN, and their biases (SwiGLU.pack).
+PackedGateUp = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
 class SwiGLU(nn.Module):
-    # Packed for oneDNN (see pack): the gate and up weights apart, their biases.
-    packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None = None
+    packed: PackedGateUp | None = None
 
     def __init__(self, config: ModelConfig):
         super().__init__()
