@@ -55,10 +55,12 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def evaluate(judge_dir: Path, pairs: int, questions: int, seed: int) -> dict:
-    """Held-out pointwise pair accuracy and pointwise best-of-8 accuracy."""
+def evaluate(judge_dir: Path, args: argparse.Namespace) -> dict:
+    """Held-out pointwise pair accuracy and pointwise best-of-8 accuracy, scores sampled at the
+    rollout temperature."""
+    pairs, questions, seed = args.eval_pairs, args.eval_questions, args.seed
     engine = Engine(judge_dir)
-    params = SamplingParams(max_tokens=300, temperature=1.0, stop=[POINTWISE_STOP],
+    params = SamplingParams(max_tokens=300, temperature=args.temperature, stop=[POINTWISE_STOP],
                             include_stop_str_in_output=True)
     scorer = PointwiseJudge(engine, params=params, template=judge_dir / POINTWISE_FILE)
     problems, candidates = held_out_set(pairs, 8, seed)
@@ -74,7 +76,8 @@ def evaluate(judge_dir: Path, pairs: int, questions: int, seed: int) -> dict:
     wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(means[::2], means[1::2]))
     valid = sum(s is not None for r in scored for s in r.rollout_scores) / (4 * len(scored))
     problems, candidates = held_out_set(questions, 8, seed + 1)
-    picks = pointwise_picks(engine, judge_dir, problems, candidates, 4, 300, seed)
+    picks = pointwise_picks(engine, judge_dir, problems, candidates, 4, 300, seed,
+                            temperature=args.temperature)
     return {"pair_accuracy": wins / kept, "pairs": kept, "valid_score_rate": valid,
             "best_of_8_accuracy": pick_accuracy(candidates, picks), "questions": questions}
 
@@ -104,8 +107,9 @@ def warm_up(work: Path, args: argparse.Namespace) -> Path:
 def grpo_par(base: Path, pairs: Path, output: Path, f: str, args: argparse.Namespace) -> Path:
     shutil.rmtree(output, ignore_errors=True)
     train_grpo(GRPOConfig(model=str(base), data=str(pairs), output=str(output),
-                          template=str(base / POINTWISE_FILE), pairs_per_batch=8, rollouts=4,
-                          max_new_tokens=200, temperature=1.0, par=f, max_steps=args.grpo_steps,
+                          template=str(base / POINTWISE_FILE), pairs_per_batch=args.pairs_per_batch,
+                          rollouts=args.rollouts, max_new_tokens=200,
+                          temperature=args.temperature, par=f, max_steps=args.grpo_steps,
                           lr=args.grpo_lr, dtype="bfloat16", save_every=10**9, seed=args.seed))
     shutil.copy(base / POINTWISE_FILE, output / "final" / POINTWISE_FILE)
     return output / "final"
@@ -117,6 +121,12 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=150)
     parser.add_argument("--grpo-steps", type=int, default=60)
     parser.add_argument("--grpo-lr", type=float, default=1.5e-4)
+    parser.add_argument("--f", nargs="+", choices=("graded", "constant"),
+                        default=["graded", "constant"])
+    parser.add_argument("--rollouts", type=int, default=4)
+    parser.add_argument("--pairs-per-batch", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=0.7,
+                        help="of the GRPO rollouts and of the held-out scoring")
     parser.add_argument("--eval-pairs", type=int, default=120)
     parser.add_argument("--eval-questions", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
@@ -128,17 +138,23 @@ def main() -> None:
     base = work / "warmup" / "final"
     if not (args.keep_warmup and base.is_dir()):
         base = warm_up(work, args)
-    results = {"start": evaluate(base, args.eval_pairs, args.eval_questions, args.seed)}
-    print("start", results["start"], flush=True)
-    pairs = write_jsonl(work / "pairs.jsonl", preference_pairs(args.grpo_steps * 8, 13))
+    # The ceiling: the shipped judge, whose own SFT saw pointwise judgments with real scores.
+    results = {"shipped (real-score SFT)": evaluate(SHIPPED_JUDGE, args),
+               "start": evaluate(base, args)}
+    print(results, flush=True)
+    pairs = write_jsonl(work / "pairs.jsonl", preference_pairs(args.grpo_steps * args.pairs_per_batch,
+                                                                13))
     runs = {}
-    for f in ("graded", "constant"):
+    for f in args.f:
         trained = grpo_par(base, pairs, work / f"grpo-{f}", f, args)
-        results[f] = evaluate(trained, args.eval_pairs, args.eval_questions, args.seed)
+        results[f] = evaluate(trained, args)
         runs[f] = curves(trained.parent)
         print(f, results[f], flush=True)
     write_result("patarm_experiment", {"warmup_steps": args.warmup_steps,
                                        "grpo_steps": args.grpo_steps, "grpo_lr": args.grpo_lr,
+                                       "rollouts": args.rollouts,
+                                       "pairs_per_batch": args.pairs_per_batch,
+                                       "temperature": args.temperature,
                                        "results": results, "curves": runs,
                                        "minutes": (time.perf_counter() - start) / 60})
     plot(runs)

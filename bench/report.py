@@ -178,29 +178,54 @@ def interval(accuracy: float, count: int) -> str:
 
 def demo_judge_study(study: dict) -> list[str]:
     what = f"N={study['n']}"
-    flags = ""
-    if study.get("hard"):
-        what = ("the harder variant: N=16 and per-question solve rates ~ Beta(1, 5), so a few "
-                "right candidates stand among many clustered wrong ones")
-        flags = " --hard --n 16"
+    if study.get("solve_beta"):
+        alpha, beta = study["solve_beta"]
+        what += (f" and per-question solve rates ~ Beta({alpha:g}, {beta:g}), so a few right "
+                 "candidates stand among many clustered wrong ones")
     if study.get("temperature"):
-        what += (f", judgments sampled at temperature {study['temperature']:g} (a noisier judge: "
+        what += (f", judgments sampled at temperature {study['temperature']:g} (a noisy judge: "
                  "where orders, samples and more matches can pay)")
-        flags += f" --temperature {study['temperature']:g}"
+    flags = "" if study["benchmark"] == "demo_judge_study" else f" --setting {study['benchmark']}"
+    flags += f" --questions {study['questions']}"
     out = [f"**Tournament formats, real judge** (`bench/study_demo_judge.py{flags}`): the shipped "
            f"demo judge through the engine on {study['questions']} held-out questions, {what}; "
-           f"{machine_line(study)}.", "",
+           f"{machine_line(study)}. The last column is the format's accuracy minus the "
+           "knockout's on the same questions, with a paired bootstrap 95% interval.", "",
            "| format | best-of-N accuracy (95% CI) | judge calls per question | wall time (s) | "
-           "cached prompt tokens |", "|---|---|---|---|---|"]
+           "cached prompt tokens | verdicts right (right / wrong candidates) | vs knockout |",
+           "|---|---|---|---|---|---|---|"]
     count = study["questions"]
     for name, row in study["formats"].items():
         cached = f"{100 * row['cached_prompt_ratio']:.0f}%" if "cached_prompt_ratio" in row else "-"
+        verdicts = row.get("verdict_accuracy")
+        verdicts = f"{verdicts['right']:.2f} / {verdicts['wrong']:.2f}" if verdicts else "-"
+        paired = row["vs_knockout"]
+        paired = ("-" if name == "knockout" else
+                  f"{paired['difference']:+.3f} [{paired['low']:+.3f}, {paired['high']:+.3f}]")
         out.append(f"| {name} | {interval(row['accuracy'], count)} | "
-                   f"{row['calls_per_question']:.1f} | {row['seconds']:.0f} | {cached} |")
-    out += [f"| {name} (no judge) | {interval(value, count)} | 0 | - | - |"
+                   f"{row['calls_per_question']:.1f} | {row['seconds']:.0f} | {cached} | "
+                   f"{verdicts} | {paired} |")
+    out += [f"| {name} (no judge) | {interval(value, count)} | 0 | - | - | - | - |"
             for name, value in study["baselines"].items()]
     image = study["benchmark"]
-    return out + ["", f"![formats with the demo judge](bench/results/{image}.png)"]
+    return out + ["", separated(study), "",
+                  f"![formats with the demo judge](bench/results/{image}.png)"]
+
+
+def separated(study: dict) -> str:
+    """Which formats this study tells apart: pairs whose own 95% intervals do not overlap."""
+    count = study["questions"]
+    bounds = {}
+    for name, row in study["formats"].items():
+        half = 1.96 * (row["accuracy"] * (1 - row["accuracy"]) / count) ** 0.5
+        bounds[name] = (row["accuracy"] - half, row["accuracy"] + half)
+    names = list(bounds)
+    apart = [f"{a} < {b}" if bounds[a][1] < bounds[b][0] else f"{b} < {a}"
+             for i, a in enumerate(names) for b in names[i + 1:]
+             if bounds[a][1] < bounds[b][0] or bounds[b][1] < bounds[a][0]]
+    if not apart:
+        return "No two formats' 95% intervals are apart here."
+    return "Formats whose 95% intervals do not overlap: " + "; ".join(apart) + "."
 
 
 def demo_judge_calibration(cal: dict) -> list[str]:
@@ -219,20 +244,26 @@ def demo_judge_calibration(cal: dict) -> list[str]:
 
 def patarm_experiment(exp: dict) -> list[str]:
     results = exp["results"]
+    trained = [name for name in ("graded", "constant") if name in results]
+    sampling = (f"{exp['rollouts']} rollouts per side at temperature {exp['temperature']:g}, "
+                f"{exp['pairs_per_batch']} pairs a step, " if "rollouts" in exp else "")
     out = ["**PaTaRM's claim, GRPO-PAR from pairwise preferences alone** "
            "(`bench/patarm_experiment.py`): the shipped demo judge after a format-only warm-up "
            f"({exp['warmup_steps']} SFT steps on pointwise judgments whose scores are random "
-           f"placeholders), then {exp['grpo_steps']} GRPO-PAR steps (lr {exp['grpo_lr']:g}) on "
-           "(right, wrong) candidate pairs, graded and constant f from the same start; held-out "
-           f"questions; {machine_line(exp)}, {exp['minutes']:.0f} minutes in all.", "",
+           f"placeholders), then {exp['grpo_steps']} GRPO-PAR steps (lr {exp['grpo_lr']:g}, "
+           f"{sampling}{' and '.join(trained)} f from the same start) on (right, wrong) "
+           "candidate pairs; held-out questions, scores sampled as in training; "
+           f"{machine_line(exp)}, {exp['minutes']:.0f} minutes in all.", "",
            "| judge | pointwise pair accuracy (pairs) | best-of-8 accuracy, pointwise mean vote | "
            "valid-score rate |", "|---|---|---|---|"]
+    labels = {"start": "start (after the warm-up)",
+              "shipped (real-score SFT)": "the shipped judge (its SFT saw real scores): a ceiling"}
     for name, row in results.items():
-        label = "start (after the warm-up)" if name == "start" else f"GRPO-PAR, {name} f"
+        label = labels.get(name, f"GRPO-PAR, {name} f")
         out.append(f"| {label} | {interval(row['pair_accuracy'], row['pairs'])} ({row['pairs']}) "
                    f"| {interval(row['best_of_8_accuracy'], row['questions'])} | "
                    f"{row['valid_score_rate']:.3f} |")
-    gain = max(results[f]["pair_accuracy"] for f in ("graded", "constant"))
+    gain = max(results[f]["pair_accuracy"] for f in trained)
     gain -= results["start"]["pair_accuracy"]
     verdict = ("The claim is reproduced here" if gain >= 0.1 else
                "Not reproduced by this run: GRPO-PAR learned the format, not to score correctness")
@@ -273,7 +304,7 @@ PARAGRAPHS = [
     ("simulator_calibration", simulator_calibration),
     ("demo_judge_study", demo_judge_study),
     ("demo_judge_study_hard", demo_judge_study),
-    ("demo_judge_study_sampled", demo_judge_study),
+    ("demo_judge_study_noisy", demo_judge_study),
     ("demo_judge_calibration", demo_judge_calibration),
     ("demo_judge_training", demo_judge_training),
     ("patarm_experiment", patarm_experiment),

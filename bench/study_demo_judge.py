@@ -2,83 +2,113 @@
 synthetic questions. Per format: best-of-N accuracy, judge calls, wall time, prompt tokens served
 from the prefix cache; beside them the pointwise mean vote and the judge-free baselines.
 
-    python bench/study_demo_judge.py [--questions 100] [--n 8]
+    python bench/study_demo_judge.py [--setting demo_judge_study|_hard|_noisy] [--questions 100]
 
-Writes bench/results/demo_judge_study.json and .png (accuracy against judge calls per question); the
-JSON also holds the table `kojudge demo` prints (its default 200 questions), which the README quotes.
+Writes bench/results/SETTING.json and .png (accuracy against judge calls per question), with each
+format's difference from the knockout and its paired 95% interval; the default setting's JSON also
+holds the table `kojudge demo` prints (its default 200 questions), which the README quotes.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import numpy as np
+
 from common import RESULTS, write_result
 
 FORMATS = [("knockout", False), ("knockout", True), ("swiss", False), ("round_robin", False)]
+SETTINGS = {  # result name -> what makes it: N, per-question solve rates, judgment temperature
+    "demo_judge_study": {"n": 8, "solve_beta": None, "temperature": 0.0},
+    # few right candidates among many clustered wrong ones: majority vote fails, the judge does not
+    "demo_judge_study_hard": {"n": 16, "solve_beta": (1.0, 5.0), "temperature": 0.0},
+    # judgments sampled just above temperature 1, where this judge's verdicts are about 60-70%
+    # right: the noisy judge of the paper's regime, under which the formats separate
+    "demo_judge_study_noisy": {"n": 8, "solve_beta": (1.0, 3.0), "temperature": 1.15},
+}
+
+
+def paired_interval(correct: list[bool], reference: list[bool], draws: int = 10_000,
+                    seed: int = 0) -> dict[str, float]:
+    """Accuracy of `correct` minus that of `reference` on the same questions, with a 95% interval
+    from a paired bootstrap over questions (the formats share questions, so their errors do too)."""
+    diff = np.asarray(correct, dtype=float) - np.asarray(reference, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(draws, len(diff)))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return {"difference": float(diff.mean()), "low": float(low), "high": float(high)}
 
 
 def main() -> None:
-    from kojudge.demo.run import (SHIPPED_JUDGE, baseline_accuracy, cached_prompt_ratio, held_out_set, pick_accuracy,
-                              pointwise_picks, run_demo, run_tournaments, verdict_accuracy)
-    from kojudge.runtime.engine import Engine
+    from kojudge.demo.run import SHIPPED_JUDGE, baseline_accuracy, held_out_set, run_demo
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--judge", default=str(SHIPPED_JUDGE))
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="demo_judge_study")
     parser.add_argument("--questions", type=int, default=100)
-    parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--pointwise-samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--demo-questions", type=int, default=200, help="for the README's `kojudge demo` table")
-    parser.add_argument("--hard", action="store_true",
-                        help="N=16 and solve rates ~ Beta(1, 5): few right candidates among many "
-                             "clustered wrong ones (writes demo_judge_study_hard)")
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="sample the judgments (with --hard: writes demo_judge_study_sampled)")
     args = parser.parse_args()
-    result_name = "demo_judge_study_hard" if args.hard else "demo_judge_study"
-    if args.hard and args.temperature > 0:
-        result_name = "demo_judge_study_sampled"
+    setting = SETTINGS[args.setting]
     demo_table = None
-    if not args.hard:
+    if args.setting == "demo_judge_study":
         demo_table = run_demo(args.judge, questions=args.demo_questions,
                               pointwise_samples=args.pointwise_samples).table()
         print(demo_table)
-    problems, candidates = held_out_set(args.questions, args.n, args.seed,
-                                        solve_beta=(1.0, 5.0) if args.hard else None)
-    rows = {}
+    problems, candidates = held_out_set(args.questions, setting["n"], args.seed,
+                                        solve_beta=setting["solve_beta"])
+    rows, correct = run_formats(args, setting, problems, candidates)
+    for name, row in rows.items():
+        row["vs_knockout"] = paired_interval(correct[name], correct["knockout"])
+    baselines = baseline_accuracy(problems, candidates, args.seed)
+    payload = {"questions": args.questions, **setting, "formats": rows, "baselines": baselines,
+               "pointwise_samples": args.pointwise_samples, "correct": correct}
+    if demo_table is not None:
+        payload["demo_table"] = demo_table
+    write_result(args.setting, payload)
+    plot(rows, baselines, setting["n"], args.questions, args.setting)
+
+
+def run_formats(args, setting: dict, problems, candidates) -> tuple[dict, dict]:
+    """Each tournament format and the pointwise mean vote on a fresh engine: their rows and, per
+    format, which questions it got right."""
+    from kojudge.demo.run import (cached_prompt_ratio, pointwise_picks, run_tournaments,
+                                  verdict_accuracy)
+    from kojudge.runtime.engine import Engine
+
+    rows, correct = {}, {}
     for fmt, both in FORMATS:
         engine = Engine(args.judge)
         start = time.perf_counter()
-        results = run_tournaments(engine, args.judge, problems, candidates, format=fmt, both_orders=both, seed=args.seed,
-                                   temperature=args.temperature)
+        results = run_tournaments(engine, args.judge, problems, candidates, format=fmt,
+                                  both_orders=both, seed=args.seed,
+                                  temperature=setting["temperature"])
         seconds = time.perf_counter() - start
         name = fmt + (" (both orders)" if both else "")
-        rows[name] = {"accuracy": pick_accuracy(candidates, [r.winner for r in results]),
-                      "calls_per_question": sum(r.judge_calls for r in results) / args.questions,
-                      "seconds": seconds, "calls_per_s": sum(r.judge_calls for r in results) / seconds,
+        calls = sum(r.judge_calls for r in results)
+        correct[name] = [cs[r.winner].correct for cs, r in zip(candidates, results)]
+        rows[name] = {"accuracy": sum(correct[name]) / args.questions,
+                      "calls_per_question": calls / args.questions,
+                      "seconds": seconds, "calls_per_s": calls / seconds,
                       "cached_prompt_ratio": cached_prompt_ratio(engine),
                       "verdict_accuracy": verdict_accuracy(candidates, results)}
-        print(name, rows[name])
+        print(name, rows[name], flush=True)
     engine = Engine(args.judge)
     start = time.perf_counter()
-    picks = pointwise_picks(engine, args.judge, problems, candidates, args.pointwise_samples, 400, args.seed)
+    picks = pointwise_picks(engine, args.judge, problems, candidates, args.pointwise_samples, 400,
+                            args.seed, temperature=max(1.0, setting["temperature"]))
     distinct = len({(p.question, c.text) for p, cs in zip(problems, candidates) for c in cs})
+    correct["pointwise mean vote"] = [cs[i].correct for cs, i in zip(candidates, picks)]
     rows["pointwise mean vote"] = {
-        "accuracy": pick_accuracy(candidates, picks),
+        "accuracy": sum(correct["pointwise mean vote"]) / args.questions,
         "calls_per_question": distinct * args.pointwise_samples / args.questions,
         "seconds": time.perf_counter() - start}
-    print("pointwise mean vote", rows["pointwise mean vote"])
-    baselines = baseline_accuracy(problems, candidates, args.seed)
-    payload = {"questions": args.questions, "n": args.n, "formats": rows, "baselines": baselines,
-               "pointwise_samples": args.pointwise_samples, "hard": args.hard,
-               "temperature": args.temperature}
-    if demo_table is not None:
-        payload["demo_table"] = demo_table
-    write_result(result_name, payload)
-    plot(rows, baselines, args, result_name)
+    print("pointwise mean vote", rows["pointwise mean vote"], flush=True)
+    return rows, correct
 
 
-def plot(rows: dict, baselines: dict, args, result_name: str) -> None:
+def plot(rows: dict, baselines: dict, n: int, questions: int, result_name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,8 +121,8 @@ def plot(rows: dict, baselines: dict, args, result_name: str) -> None:
         ax.axhline(value, linestyle="--", linewidth=0.8, color="grey")
         ax.text(0.01, value, name, transform=ax.get_yaxis_transform(), fontsize=7, va="bottom")
     ax.set_xlabel("judge calls per question (pointwise: rollouts)")
-    ax.set_ylabel(f"best-of-{args.n} accuracy")
-    ax.set_title(f"demo judge, {args.questions} held-out questions")
+    ax.set_ylabel(f"best-of-{n} accuracy")
+    ax.set_title(f"demo judge, {questions} held-out questions")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / f"{result_name}.png", dpi=120)

@@ -137,11 +137,11 @@ def run_demo(judge_dir: str | Path, questions: int = 200, n: int = 8, seed: int 
 
 
 def pointwise_picks(engine, judge_dir: str | Path, problems, candidates, samples: int,
-                    max_tokens: int, seed: int) -> list[int]:
+                    max_tokens: int, seed: int, temperature: float = 1.0) -> list[int]:
     """Per question, the candidate with the highest mean pointwise score (unparseable rollouts count
     as 0; ties go to the earliest). Identical candidates are scored once."""
     scorer = PointwiseJudge(engine, template=Path(judge_dir) / "pointwise_template.md",
-                            params=SamplingParams(max_tokens=max_tokens, temperature=1.0,
+                            params=SamplingParams(max_tokens=max_tokens, temperature=temperature,
                                                   stop=[POINTWISE_STOP],
                                                   include_stop_str_in_output=True))
     items = sorted({(p.question, c.text) for p, cs in zip(problems, candidates) for c in cs})
