@@ -170,10 +170,19 @@ def simulator_calibration(cal: dict) -> list[str]:
                   "(bench/results/simulator_scaling.png)"]
 
 
+def wilson(accuracy: float, count: int) -> tuple[float, float]:
+    """The Wilson score 95% interval of an accuracy over `count` questions (unlike the normal
+    approximation, not of width 0 at 0 or 1)."""
+    z = 1.96
+    centre = (accuracy + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * (accuracy * (1 - accuracy) / count + z * z / (4 * count * count)) ** 0.5
+    half /= 1 + z * z / count
+    return centre - half, centre + half
+
+
 def interval(accuracy: float, count: int) -> str:
-    """The normal-approximation 95% confidence interval of an accuracy over `count` questions."""
-    half = 1.96 * (accuracy * (1 - accuracy) / count) ** 0.5
-    return f"{accuracy:.3f} ± {half:.3f}"
+    low, high = wilson(accuracy, count)
+    return f"{accuracy:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def demo_judge_study(study: dict) -> list[str]:
@@ -215,10 +224,7 @@ def demo_judge_study(study: dict) -> list[str]:
 def separated(study: dict) -> str:
     """Which formats this study tells apart: pairs whose own 95% intervals do not overlap."""
     count = study["questions"]
-    bounds = {}
-    for name, row in study["formats"].items():
-        half = 1.96 * (row["accuracy"] * (1 - row["accuracy"]) / count) ** 0.5
-        bounds[name] = (row["accuracy"] - half, row["accuracy"] + half)
+    bounds = {name: wilson(row["accuracy"], count) for name, row in study["formats"].items()}
     names = list(bounds)
     apart = [f"{a} < {b}" if bounds[a][1] < bounds[b][0] else f"{b} < {a}"
              for i, a in enumerate(names) for b in names[i + 1:]
@@ -251,6 +257,7 @@ def patarm_experiment(exp: dict) -> list[str]:
            "(`bench/patarm_experiment.py`): the shipped demo judge after a format-only warm-up "
            f"({exp['warmup_steps']} SFT steps on pointwise judgments whose scores are random "
            f"placeholders), then {exp['grpo_steps']} GRPO-PAR steps (lr {exp['grpo_lr']:g}, "
+           f"KL coefficient {exp.get('kl_coef', 0):g}, "
            f"{sampling}{' and '.join(trained)} f from the same start) on (right, wrong) "
            "candidate pairs; held-out questions, scores sampled as in training; "
            f"{machine_line(exp)}, {exp['minutes']:.0f} minutes in all.", "",
