@@ -9,12 +9,13 @@ to score from pairwise preferences alone, with no pointwise labels.
    pointwise judgments with real scores; the warm-up overwrites them, and the held-out pair
    accuracy before GRPO shows what is left.)
 2. GRPO-PAR on (right, wrong) candidate pairs of training questions, scored pointwise: graded and
-   constant f side by side, from the same start.
+   constant f side by side, from the same start; and a control, graded f told that the wrong
+   candidate of each pair is the preferred one.
 3. Each judge, and the shipped one as a ceiling, on held-out questions: pointwise pair accuracy (the chosen side's mean score above
    the rejected side's; ties count half) and pointwise best-of-8 accuracy.
 
 Writes bench/results/patarm_experiment.json and .png (reward, pair accuracy and format-reward rate
-over GRPO steps for both f).
+over GRPO steps for each run).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from kojudge.train.recipes.demo_judge import (POINTWISE_FILE, pointwise_conversa
 from kojudge.train.sft import train_sft
 
 SCORE = re.compile(r"<answer>\d+</answer>")
+CONTROL = "control: graded f, preferences reversed"
 
 
 def placeholder_scores(conversations: list, seed: int) -> list:
@@ -134,6 +136,8 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=120)
     parser.add_argument("--eval-questions", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-control", dest="control", action="store_false",
+                        help="skip the control run on reversed preferences")
     parser.add_argument("--keep-warmup", action="store_true",
                         help="reuse WORK/warmup/final from an earlier run")
     args = parser.parse_args()
@@ -146,14 +150,20 @@ def main() -> None:
     results = {"shipped (real-score SFT)": evaluate(SHIPPED_JUDGE, args),
                "start": evaluate(base, args)}
     print(results, flush=True)
-    pairs = write_jsonl(work / "pairs.jsonl", preference_pairs(args.grpo_steps * args.pairs_per_batch,
-                                                                13))
+    pairs = preference_pairs(args.grpo_steps * args.pairs_per_batch, 13)
+    # The control: the same run told the wrong candidates are preferred. If GRPO-PAR only woke
+    # what the shipped judge knew before the warm-up, this could not push pair accuracy below it.
+    reversed_pairs = [dict(p, chosen=p["rejected"], rejected=p["chosen"]) for p in pairs]
+    variants = [(f, f, pairs) for f in args.f]
+    if args.control:
+        variants.append((CONTROL, "graded", reversed_pairs))
     runs = {}
-    for f in args.f:
-        trained = grpo_par(base, pairs, work / f"grpo-{f}", f, args)
-        results[f] = evaluate(trained, args)
-        runs[f] = curves(trained.parent)
-        print(f, results[f], flush=True)
+    for name, f, rows in variants:
+        data = write_jsonl(work / f"pairs-{len(runs)}.jsonl", rows)
+        trained = grpo_par(base, data, work / f"grpo-{len(runs)}", f, args)
+        results[name] = evaluate(trained, args)
+        runs[name] = curves(trained.parent)
+        print(name, results[name], flush=True)
     write_result("patarm_experiment", {"warmup_steps": args.warmup_steps,
                                        "grpo_steps": args.grpo_steps, "grpo_lr": args.grpo_lr,
                                        "kl_coef": args.kl_coef,
@@ -172,11 +182,11 @@ def plot(runs: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for f, rows in runs.items():
+    for name, rows in runs.items():
         steps = [r["step"] for r in rows]
         for ax, key in zip(axes, ("par_reward", "pair_accuracy", "format_ok_rate")):
-            ax.plot(steps, [r[key] for r in rows], label=f"{f} f")
-    for ax, title in zip(axes, ("mean PAR reward", "pair accuracy (training batch)",
+            ax.plot(steps, [r[key] for r in rows], label=name if name == CONTROL else f"{name} f")
+    for ax, title in zip(axes, ("mean PAR reward", "pair accuracy (training batch, as told)",
                                 "valid-format rate")):
         ax.set_title(title)
         ax.set_xlabel("GRPO step")

@@ -264,7 +264,9 @@ def patarm_experiment(exp: dict) -> list[str]:
            "| judge | pointwise pair accuracy (pairs) | best-of-8 accuracy, pointwise mean vote | "
            "valid-score rate |", "|---|---|---|---|"]
     labels = {"start": "start (after the warm-up)",
-              "shipped (real-score SFT)": "the shipped judge (its SFT saw real scores): a ceiling"}
+              "shipped (real-score SFT)": "the shipped judge (its SFT saw real scores): a ceiling",
+              "control: graded f, preferences reversed":
+                  "control: GRPO-PAR, graded f, told the wrong candidate is preferred"}
     for name, row in results.items():
         label = labels.get(name, f"GRPO-PAR, {name} f")
         out.append(f"| {label} | {interval(row['pair_accuracy'], row['pairs'])} ({row['pairs']}) "
