@@ -195,7 +195,6 @@ def demo_judge_study(study: dict) -> list[str]:
         what += (f", judgments sampled at temperature {study['temperature']:g} (a noisy judge: "
                  "where orders, samples and more matches can pay)")
     flags = "" if study["benchmark"] == "demo_judge_study" else f" --setting {study['benchmark']}"
-    flags += f" --questions {study['questions']}"
     out = [f"**Tournament formats, real judge** (`bench/study_demo_judge.py{flags}`): the shipped "
            f"demo judge through the engine on {study['questions']} held-out questions, {what}; "
            f"{machine_line(study)}. The last column is the format's accuracy minus the "

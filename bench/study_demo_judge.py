@@ -2,7 +2,7 @@
 synthetic questions. Per format: best-of-N accuracy, judge calls, wall time, prompt tokens served
 from the prefix cache; beside them the pointwise mean vote and the judge-free baselines.
 
-    python bench/study_demo_judge.py [--setting demo_judge_study|_hard|_noisy] [--questions 100]
+    python bench/study_demo_judge.py [--setting demo_judge_study|_hard|_noisy] [--questions N]
 
 Writes bench/results/SETTING.json and .png (accuracy against judge calls per question), with each
 format's difference from the knockout and its paired 95% interval; the default setting's JSON also
@@ -18,13 +18,16 @@ import numpy as np
 from common import RESULTS, write_result
 
 FORMATS = [("knockout", False), ("knockout", True), ("swiss", False), ("round_robin", False)]
-SETTINGS = {  # result name -> what makes it: N, per-question solve rates, judgment temperature
-    "demo_judge_study": {"n": 8, "solve_beta": None, "temperature": 0.0},
+SETTINGS = {  # result name -> questions, N, per-question solve rates, judgment temperature
+    "demo_judge_study": {"questions": 100, "n": 8, "solve_beta": None, "temperature": 0.0},
     # few right candidates among many clustered wrong ones: majority vote fails, the judge does not
-    "demo_judge_study_hard": {"n": 16, "solve_beta": (1.0, 5.0), "temperature": 0.0},
+    "demo_judge_study_hard": {"questions": 100, "n": 16, "solve_beta": (1.0, 5.0),
+                              "temperature": 0.0},
     # judgments sampled just above temperature 1, where this judge's verdicts are about 60-70%
-    # right: the noisy judge of the paper's regime, under which the formats separate
-    "demo_judge_study_noisy": {"n": 8, "solve_beta": (1.0, 3.0), "temperature": 1.15},
+    # right: the noisy judge of the paper's regime, under which the formats separate (400
+    # questions, so that their 95% intervals can)
+    "demo_judge_study_noisy": {"questions": 400, "n": 8, "solve_beta": (1.0, 3.0),
+                               "temperature": 1.15},
 }
 
 
@@ -45,29 +48,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--judge", default=str(SHIPPED_JUDGE))
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="demo_judge_study")
-    parser.add_argument("--questions", type=int, default=100)
+    parser.add_argument("--questions", type=int, help="default: the setting's")
     parser.add_argument("--pointwise-samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--demo-questions", type=int, default=200, help="for the README's `kojudge demo` table")
     args = parser.parse_args()
-    setting = SETTINGS[args.setting]
+    setting = dict(SETTINGS[args.setting])
+    setting["questions"] = args.questions or setting["questions"]
     demo_table = None
     if args.setting == "demo_judge_study":
         demo_table = run_demo(args.judge, questions=args.demo_questions,
                               pointwise_samples=args.pointwise_samples).table()
         print(demo_table)
-    problems, candidates = held_out_set(args.questions, setting["n"], args.seed,
+    problems, candidates = held_out_set(setting["questions"], setting["n"], args.seed,
                                         solve_beta=setting["solve_beta"])
     rows, correct = run_formats(args, setting, problems, candidates)
     for name, row in rows.items():
         row["vs_knockout"] = paired_interval(correct[name], correct["knockout"])
     baselines = baseline_accuracy(problems, candidates, args.seed)
-    payload = {"questions": args.questions, **setting, "formats": rows, "baselines": baselines,
+    payload = {**setting, "formats": rows, "baselines": baselines,
                "pointwise_samples": args.pointwise_samples, "correct": correct}
     if demo_table is not None:
         payload["demo_table"] = demo_table
     write_result(args.setting, payload)
-    plot(rows, baselines, setting["n"], args.questions, args.setting)
+    plot(rows, baselines, setting["n"], setting["questions"], args.setting)
 
 
 def run_formats(args, setting: dict, problems, candidates) -> tuple[dict, dict]:
@@ -78,6 +82,7 @@ def run_formats(args, setting: dict, problems, candidates) -> tuple[dict, dict]:
     from kojudge.runtime.engine import Engine
 
     rows, correct = {}, {}
+    questions = setting["questions"]
     for fmt, both in FORMATS:
         engine = Engine(args.judge)
         start = time.perf_counter()
@@ -88,8 +93,8 @@ def run_formats(args, setting: dict, problems, candidates) -> tuple[dict, dict]:
         name = fmt + (" (both orders)" if both else "")
         calls = sum(r.judge_calls for r in results)
         correct[name] = [cs[r.winner].correct for cs, r in zip(candidates, results)]
-        rows[name] = {"accuracy": sum(correct[name]) / args.questions,
-                      "calls_per_question": calls / args.questions,
+        rows[name] = {"accuracy": sum(correct[name]) / questions,
+                      "calls_per_question": calls / questions,
                       "seconds": seconds, "calls_per_s": calls / seconds,
                       "cached_prompt_ratio": cached_prompt_ratio(engine),
                       "verdict_accuracy": verdict_accuracy(candidates, results)}
@@ -101,8 +106,8 @@ def run_formats(args, setting: dict, problems, candidates) -> tuple[dict, dict]:
     distinct = len({(p.question, c.text) for p, cs in zip(problems, candidates) for c in cs})
     correct["pointwise mean vote"] = [cs[i].correct for cs, i in zip(candidates, picks)]
     rows["pointwise mean vote"] = {
-        "accuracy": sum(correct["pointwise mean vote"]) / args.questions,
-        "calls_per_question": distinct * args.pointwise_samples / args.questions,
+        "accuracy": sum(correct["pointwise mean vote"]) / questions,
+        "calls_per_question": distinct * args.pointwise_samples / questions,
         "seconds": time.perf_counter() - start}
     print("pointwise mean vote", rows["pointwise mean vote"], flush=True)
     return rows, correct
