@@ -177,7 +177,7 @@ def wilson(accuracy: float, count: int) -> tuple[float, float]:
     centre = (accuracy + z * z / (2 * count)) / (1 + z * z / count)
     half = z * (accuracy * (1 - accuracy) / count + z * z / (4 * count * count)) ** 0.5
     half /= 1 + z * z / count
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def interval(accuracy: float, count: int) -> str:
