@@ -11,8 +11,9 @@ to score from pairwise preferences alone, with no pointwise labels.
 2. GRPO-PAR on (right, wrong) candidate pairs of training questions, scored pointwise: graded and
    constant f side by side, from the same start; and a control, graded f told that the wrong
    candidate of each pair is the preferred one.
-3. Each judge, and the shipped one as a ceiling, on held-out questions: pointwise pair accuracy (the chosen side's mean score above
-   the rejected side's; ties count half) and pointwise best-of-8 accuracy.
+3. Each judge, and the shipped one as a ceiling, on held-out questions: pointwise pair accuracy
+   (the chosen side's mean score above the rejected side's; ties count half) and pointwise
+   best-of-8 accuracy.
 
 Writes bench/results/patarm_experiment.json and .png (reward, pair accuracy and format-reward rate
 over GRPO steps for each run).
