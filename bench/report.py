@@ -224,10 +224,7 @@ def separated(study: dict) -> str:
     """Which formats this study tells apart: pairs whose own 95% intervals do not overlap."""
     count = study["questions"]
     bounds = {name: wilson(row["accuracy"], count) for name, row in study["formats"].items()}
-    names = list(bounds)
-    apart = [f"{a} < {b}" if bounds[a][1] < bounds[b][0] else f"{b} < {a}"
-             for i, a in enumerate(names) for b in names[i + 1:]
-             if bounds[a][1] < bounds[b][0] or bounds[b][1] < bounds[a][0]]
+    apart = [f"{a} < {b}" for a in bounds for b in bounds if bounds[a][1] < bounds[b][0]]
     if not apart:
         return "No two formats' 95% intervals are apart here."
     return "Formats whose 95% intervals do not overlap: " + "; ".join(apart) + "."

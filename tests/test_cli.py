@@ -206,13 +206,9 @@ def test_the_shipped_demo_judge_judges_from_the_command_line(tmp_path):
     assert records(out)[0]["judge_calls"] == 1
 
 
-def test_import_shortens_openmp_spinning_unless_the_user_chose(tmp_path):
+def test_import_shortens_openmp_spinning_unless_the_user_chose():
     """GOMP_SPINCOUNT must be set before torch loads libgomp, so kojudge sets it on import; a
     user's own value is kept."""
-    import os
-    import subprocess
-    import sys
-
     code = "import kojudge, os; print(os.environ['GOMP_SPINCOUNT'])"
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
     ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
