@@ -154,8 +154,7 @@ class Engine:
         self._record_computed(work)
         finished = self._record_scores(work, scored, hidden[len(sampled):])
         if sampled:
-            logits = self.model.logits(hidden[: len(sampled)]).float()
-            finished += self._postprocess(sampled, logits)
+            finished += self._postprocess(sampled, self.model.logits(hidden[: len(sampled)]))
         return held + finished
 
     def _record_computed(self, work: list[ScheduledChunk]) -> None:

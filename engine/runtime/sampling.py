@@ -61,22 +61,24 @@ def _truncate(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) ->
 def sample(logits: torch.Tensor, params: list[SamplingParams],
            generators: list[torch.Generator | None],
            shared_generator: torch.Generator) -> torch.Tensor:
-    """logits [B, V] float32 -> token ids [B].
+    """logits [B, V] in the model's dtype -> token ids [B]; rows that draw do so in float32.
 
     Random rows draw with the exponential race (argmax p / E, E ~ Exp(1)), which picks token i with
     probability p_i. A seeded row takes its noise from its own generator, so its tokens do not
     depend on the other rows of the batch.
     """
-    greedy_tokens = logits.argmax(dim=-1)
+    # max's indices are argmax's (the first maximum), 3-5x faster on CPU; the float32 cast of
+    # a 16-bit vocabulary's logits would cost more than the maximum and select the same token.
+    greedy_tokens = logits.max(dim=-1).indices
     random_rows = [i for i, p in enumerate(params) if not p.greedy]
     if not random_rows:
         return greedy_tokens
     rows = torch.tensor(random_rows, device=logits.device)
-    sub = logits[rows] / torch.tensor([params[i].temperature for i in random_rows],
+    sub = logits[rows].float() / torch.tensor([params[i].temperature for i in random_rows],
                                       device=logits.device)[:, None]
     top_k = torch.tensor([params[i].top_k for i in random_rows], device=logits.device)
     top_p = torch.tensor([params[i].top_p for i in random_rows], device=logits.device,
-                         dtype=logits.dtype)
+                         dtype=sub.dtype)
     if bool((top_k > 0).any()) or bool((top_p < 1).any()):
         sub = _truncate(sub, top_k, top_p)
     probs = sub.softmax(dim=-1)
@@ -90,7 +92,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
             row = torch.empty(probs.shape[1]).exponential_(generator=generators[i])
             noise[j] = row.to(probs.device)
     tokens = greedy_tokens.clone()
-    tokens[rows] = (probs / noise).argmax(dim=-1)
+    tokens[rows] = (probs / noise).max(dim=-1).indices
     return tokens
 
 
@@ -104,7 +106,7 @@ def chosen_logprobs(logits: torch.Tensor, tokens: torch.Tensor, params: list[Sam
         index = torch.tensor(rows, device=logits.device)
         scale = [params[i].temperature if params[i].logprobs_mode == "temperature"
                  and params[i].temperature > 0 else 1.0 for i in rows]
-        scaled = logits[index] / torch.tensor(scale, device=logits.device)[:, None]
+        scaled = logits[index].float() / torch.tensor(scale, device=logits.device)[:, None]
         values = scaled.log_softmax(-1).gather(1, tokens[index][:, None]).squeeze(1)
         for i, value in zip(rows, values.tolist()):
             result[i] = value
