@@ -16,6 +16,7 @@ setup(
         "triton>=3.0",
         "transformers>=4.56",
         "tokenizers>=0.21",
+        "jinja2>=3.1.6",
         "safetensors>=0.4",
         "numpy>=1.26",
         "tqdm>=4.66",

@@ -39,6 +39,7 @@ def main() -> None:
         return time.perf_counter() - start, engine
 
     engine_seconds, engine = load()
+    tokenizer_from_cache = engine.tokenizer.from_cache
     first_seconds, outputs = timed_round(engine, prompts, params)
     stats = engine.stats()
     del engine
@@ -50,6 +51,7 @@ def main() -> None:
     profile = StepProfile(engine)
     timed_round(engine, prompts, params)
     reply = dict(import_seconds=import_seconds, engine_seconds=engine_seconds,
+                 tokenizer_from_cache=tokenizer_from_cache,
                  later_engine_seconds=later_engine_seconds, first_run_seconds=first_seconds,
                  warm_run_seconds=min(warm), warm_runs=warm, stats=stats,
                  profile=profile.breakdown(), outputs=outputs)

@@ -54,7 +54,9 @@ def speed(results: list[dict]) -> list[str]:
            "in a fresh process: its first run is what `kojudge judge` sees; HF and llama.cpp "
            "are warmed up first. Each baseline is timed at every batch size / slot count and "
            "flash-attention setting listed in the JSON; the best is kept. Ratios: baseline "
-           "time over kojudge's first run / warm run. "
+           "time over kojudge's first run / warm run. The first `Engine()` finds the "
+           "tokenizer cached, as any earlier process that loaded the model leaves it (the "
+           "first ever imports transformers to build it: 0.7 s more). "
            f"{machine_line(results[0])}.", "",
            "| workload | model, dtype | kojudge first / warm (s) | first `Engine()` / later (s) "
            "| HF best (s, batch): ratio | llama.cpp best (s, setting): ratio | identical greedy "
@@ -66,7 +68,8 @@ def speed(results: list[dict]) -> list[str]:
             same[-1] += f" ({r['llama_cpp']['first_tokens_identical_to_kojudge']})"
         out.append(f"| {r['benchmark'].split('_')[0]} | {r['model']}, {r['dtype']} | "
                    f"{k['first_run_seconds']:.1f} / {k['warm_run_seconds']:.1f} | "
-                   f"{k['engine_seconds']:.2f} / {k['later_engine_seconds']:.2f} | "
+                   f"{k['engine_seconds']:.2f} / {k['later_engine_seconds']:.2f}"
+                   f"{'' if k.get('tokenizer_from_cache', True) else ' (tokenizer not cached)'} | "
                    f"{baseline_cell(r, 'hf', 'best_batch')} | "
                    f"{baseline_cell(r, 'llama_cpp', 'best_setting')} | {' / '.join(same)} |")
     out += ["", "Where kojudge's warm run spends its time, by step kind (bench/step_profile.py), "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from kojudge.model.tokenizer import Tokenizer
 from llama_server import LlamaServer, convert_to_gguf, llama_cpp_built
 
 BENCH_DIR = Path(__file__).parent
@@ -24,7 +25,9 @@ BENCH_DIR = Path(__file__).parent
 def run_kojudge(model_dir: Path, dtype: str, prompts: list[list[int]], new_tokens: int,
                 repeats: int) -> dict:
     """bench/cold_start.py in a fresh process: load and first-round times, best warm round, the
-    step profile of a warm round, and the outputs."""
+    step profile of a warm round, and the outputs. The tokenizer is cached first, as any earlier
+    process that loaded the model leaves it."""
+    Tokenizer(model_dir)
     with tempfile.TemporaryDirectory() as tmp:
         request, reply = Path(tmp) / "request.json", Path(tmp) / "reply.json"
         request.write_text(json.dumps(dict(model_dir=str(model_dir), dtype=dtype, prompts=prompts,

@@ -1,9 +1,14 @@
+import atexit
 import os
 import shutil
+import tempfile
 
 # Triton kernels run in the CPU interpreter when there is no GPU; it must be set before they load.
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tokenizers are cached for this session only, not in the user's ~/.cache.
+os.environ["KOJUDGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="kojudge-cache-")
+atexit.register(shutil.rmtree, os.environ["KOJUDGE_CACHE_DIR"], ignore_errors=True)
 
 import pytest
 import torch
