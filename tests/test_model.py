@@ -185,3 +185,24 @@ def test_packed_model_with_mlp_biases_matches_transformers(tmp_path):
     prompts = random_prompts(LENGTHS)
     ours = varlen_logits(model, prompts)
     torch.testing.assert_close(ours, hf_logits(hf, prompts), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_rms_norm_equals_transformers_bit_for_bit(dtype):
+    """16-bit input goes to F.rms_norm directly: the same numbers as transformers' cast to
+    float32 and back."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    from kojudge.model.decoder import RMSNorm
+
+    g = torch.Generator().manual_seed(0)
+    ours, theirs = RMSNorm(96, 1e-6), Qwen2RMSNorm(96, eps=1e-6)
+    weight = torch.randn(96, generator=g)
+    with torch.no_grad():
+        ours.weight.copy_(weight)
+        theirs.weight.copy_(weight)
+    ours, theirs = ours.to(dtype), theirs.to(dtype)
+    for scale in (1e-3, 1.0, 50.0):
+        x = (torch.randn(33, 7, 96, generator=g) * scale).to(dtype)
+        with torch.no_grad():
+            assert torch.equal(ours(x), theirs(x))

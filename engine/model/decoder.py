@@ -57,8 +57,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalize in float32 and cast back before the weight, as the reference implementations do.
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        # Normalized in float32 and rounded to x's dtype before the weight, as the reference
+        # implementations do; on 16-bit input F.rms_norm does that itself, bit for bit, without
+        # the copies in and out of float32. The cast is for autocast, which returns float32.
+        return self.weight * F.rms_norm(x, (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 class Rotary(nn.Module):

@@ -2,7 +2,7 @@
 
 transformers' AutoTokenizer decides what a directory's tokenizer is (it may rebuild the pipeline
 from the vocabulary for the model's class). What it built is kept in a cache, keyed by the
-directory's tokenizer files and the transformers version; a later process loads it with the
+directory's tokenizer files and the library versions; a later process loads it with the
 tokenizers library and renders chat templates over plain text messages with jinja2 as
 transformers sets it up, without importing transformers (0.7 s, most of a first Engine()).
 """
@@ -85,14 +85,16 @@ class Tokenizer:
     # ---- the cache ----------------------------------------------------------------------------
     def _cache_path(self) -> Path | None:
         digest = hashlib.sha256()
-        try:
-            digest.update(metadata.version("transformers").encode())
+        try:  # what built the entry and what reads it
+            for package in ("transformers", "tokenizers"):
+                digest.update(f"{package} {metadata.version(package)}\0".encode())
         except metadata.PackageNotFoundError:
             return None
-        for name in TOKENIZER_FILES:
-            path = self.model_dir / name
-            if path.is_file():
-                digest.update(f"\0{name}\0".encode() + path.read_bytes())
+        present = [name for name in TOKENIZER_FILES if (self.model_dir / name).is_file()]
+        if set(present) <= {"config.json"}:
+            return None  # no tokenizer here: transformers says so
+        for name in present:
+            digest.update(f"\0{name}\0".encode() + (self.model_dir / name).read_bytes())
         return cache_dir() / f"{digest.hexdigest()}.json"
 
     def _load_cached(self) -> bool:
