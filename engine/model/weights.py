@@ -99,8 +99,9 @@ def load_weights(model: Model, model_dir: str | Path) -> None:
                     raise ValueError(f"{path}: tensor {hf_name!r} has shape "
                                      f"{tuple(tensor.shape)}, config.json implies {expected}")
                 tensors.append(tensor)
-            with torch.no_grad():
-                params[name].copy_(torch.cat(tensors) if len(tensors) > 1 else tensors[0])
+            with torch.no_grad():  # each piece into its rows: a merged copy would be new memory
+                for rows, tensor in zip(params[name].split([len(t) for t in tensors]), tensors):
+                    rows.copy_(tensor)
     except SafetensorError as exc:
         raise ValueError(f"{model_dir}: cannot read safetensors file (truncated or corrupt?): "
                          f"{exc}") from exc
