@@ -35,12 +35,15 @@ class Tokenizer:
         self.model_dir = Path(model_dir)
         self._hf = None
         self._backend = None
-        self.special_tokens: dict[str, str] = {}
-        self.from_cache = self._load_cached()
+        entry = self._cache_path()  # hashes the tokenizer files: once
+        self.from_cache = entry is not None and self._load_cached(entry)
         if not self.from_cache:
             self.eos_token_id = self.hf.eos_token_id
             self.chat_template = self.hf.chat_template
-            self._store()
+            named = self.hf.special_tokens_map  # the chat template's variables
+            self.special_tokens = {k: v for k, v in named.items() if isinstance(v, str)}
+            if entry is not None:
+                self._store(entry)
 
     @property
     def hf(self) -> Any:
@@ -97,9 +100,8 @@ class Tokenizer:
             digest.update(f"\0{name}\0".encode() + (self.model_dir / name).read_bytes())
         return cache_dir() / f"{digest.hexdigest()}.json"
 
-    def _load_cached(self) -> bool:
-        path = self._cache_path()
-        if path is None or not path.is_file():
+    def _load_cached(self, path: Path) -> bool:
+        if not path.is_file():
             return False
         try:
             entry = json.loads(path.read_text())
@@ -114,18 +116,15 @@ class Tokenizer:
             setattr(self, name, value)
         return True
 
-    def _store(self) -> None:
+    def _store(self, path: Path) -> None:
         """Cache what transformers built, where the tokenizers library alone reproduces it: a
         fast tokenizer that does not clean up decoded spaces, with one chat template at most."""
         hf = self.hf
         simple = (getattr(hf, "is_fast", False)
                   and not getattr(hf, "clean_up_tokenization_spaces", False)
                   and (self.chat_template is None or isinstance(self.chat_template, str)))
-        path = self._cache_path()
-        if not simple or path is None:
+        if not simple:
             return
-        self.special_tokens = {name: value for name, value in hf.special_tokens_map.items()
-                               if isinstance(value, str)}
         entry = {"backend": hf.backend_tokenizer.to_str(),
                  **{name: getattr(self, name) for name in CACHED_FIELDS}}
         try:
