@@ -12,7 +12,8 @@ from kojudge import SamplingParams
 from kojudge.attention import torch_paged
 from kojudge.attention.batch import KVCache
 from kojudge.attention.torch_paged import PagedAttention
-from kojudge.attention.workspace import DecodeWorkspace
+from kojudge.attention import workspace
+from kojudge.attention.workspace import DecodeWorkspace, grouped_by_length, in_rows, row_groups
 from kojudge.kernels import cpu_attention
 from kojudge.kernels.cpu_attention import (additive_mask, attention_with_lse, causal_attention_with_lse,
                                            merge_states, partial_attention)
@@ -394,11 +395,19 @@ def test_decode_workspace_rows_match_block_gathers(model_dirs, monkeypatch, max_
 
 
 @settings(max_examples=25, deadline=None)
-@given(data=st.data(), headroom=st.sampled_from([1, 3, 64]), block_size=st.sampled_from([2, 4]))
-def test_decode_workspace_rows_fuzzed_against_block_gathers(data, headroom, block_size):
+@given(data=st.data(), headroom=st.sampled_from([1, 3, 64]), block_size=st.sampled_from([2, 4]),
+       group_rows=st.sampled_from([1, 2, 16]))
+def test_decode_workspace_rows_fuzzed_against_block_gathers(data, headroom, block_size, group_rows):
     """Random decode steps, at the attention level: sequences leave, newcomers join already deep in
     their context (with or without the shared prefix), the decode order is shuffled, the storage is
-    outgrown. Every step equals the same step over gathered blocks (no workspace)."""
+    outgrown, (group_rows 1, 2) rows are regrouped by length and attended a group at a time. Every
+    step equals the same step over gathered blocks (no workspace)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(workspace, "GROUP_ROWS", group_rows)
+        _fuzz_workspace_steps(data, headroom, block_size)
+
+
+def _fuzz_workspace_steps(data, headroom, block_size):
     torch.manual_seed(0)
     kv_heads, heads, d, prefix_blocks = 2, 4, 8, 3
     cache = KVCache(1, 400, block_size, kv_heads, d, torch.float32, "cpu")
@@ -434,18 +443,56 @@ def test_decode_workspace_rows_fuzzed_against_block_gathers(data, headroom, bloc
             seq.num_computed += 1
 
 
+def test_rows_of_like_lengths_are_grouped_moving_the_fewest(monkeypatch):
+    """Decodes go to chunks of GROUP_ROWS rows by descending key count; those already in their
+    chunk stay. A chunk is attended to its longest row, where that spares a tenth of the keys."""
+    monkeypatch.setattr(workspace, "GROUP_ROWS", 2)
+    counts = [5, 90, 10, 100]
+    row_of = [0, 3, 2, 1]  # by row: 5, 100, 10, 90
+    grouped = grouped_by_length(counts, row_of)
+    assert sorted(grouped) == [0, 1, 2, 3]
+    assert {grouped[1], grouped[3]} == {0, 1} and {grouped[0], grouped[2]} == {2, 3}
+    assert grouped[3] == 1 and grouped[2] == 2  # already in their chunks
+    assert row_groups(in_rows(counts, grouped)) == [(0, 2, 100, True), (2, 4, 10, True)]
+    assert row_groups([100, 100, 95, 96]) == [(0, 4, 100, True)]  # under a tenth spared
+    assert row_groups([7, 7, 7]) == [(0, 3, 7, False)]
+
+
+def test_decode_workspace_regroups_rows_when_it_pays(monkeypatch):
+    """Two long newcomers join a long and a middling decode: the middling one moves to the short
+    newcomer's chunk (refilled from the pool) when many steps remain, and stays when one does."""
+    monkeypatch.setattr(workspace, "GROUP_ROWS", 2)
+    cache = KVCache(1, 64, 4, 2, 8, torch.float32, "cpu")
+
+    def request(i, keys, steps_left):
+        return workspace.DecodeRequest(i, 0, keys, list(range(-(-keys // 4))), steps_left)
+
+    for steps_left, regrouped in ((100, True), (1, False)):
+        ws = DecodeWorkspace(cache, budget_bytes=2**30, max_rows=8)
+        ws.plan([request(0, 40, steps_left), request(1, 30, steps_left)])
+        joined = [request(0, 41, steps_left), request(1, 31, steps_left),
+                  request(2, 44, steps_left), request(3, 4, steps_left)]
+        step, _ = ws.plan(joined)
+        rows = {i: row for i, (row, _, _) in ws.rows.items()}
+        assert rows[0] == 0 and step.append_target is not None
+        assert (rows[1] >= 2) == regrouped
+        assert len(step.groups) == (2 if regrouped else 1)
+
+
 def test_decode_workspace_shrinks_headroom_to_fit_its_budget():
-    """Rows and columns to grow into when the budget allows; else the columns the budget allows (at
-    least the keys needed); else no workspace (decodes gather their blocks)."""
+    """Rows up to max_rows and columns to grow into, as the budget allows; else the columns the
+    budget allows (at least the keys needed); else no workspace (decodes gather their blocks)."""
     layers, kv_heads, d, bs = 2, 2, 8, 4
     cache = KVCache(layers, 64, bs, kv_heads, d, torch.float32, "cpu")
     column_bytes = 2 * layers * kv_heads * d * 4
-    ws = DecodeWorkspace(cache, budget_bytes=2**30)
+    ws = DecodeWorkspace(cache, budget_bytes=2**30, max_rows=8)
     assert ws.reserve(num_rows=3, length=10)
-    assert ws.k[0].shape == (6, kv_heads, 10 + DecodeWorkspace.HEADROOM + 2, d)
-    ws = DecodeWorkspace(cache, budget_bytes=3 * 20 * column_bytes)
+    assert ws.k[0].shape == (8, kv_heads, 10 + DecodeWorkspace.HEADROOM + 2, d)
+    ws = DecodeWorkspace(cache, budget_bytes=5 * 80 * column_bytes, max_rows=8)
+    assert ws.reserve(num_rows=3, length=10) and ws.k[0].shape == (5, kv_heads, 76, d)
+    ws = DecodeWorkspace(cache, budget_bytes=3 * 20 * column_bytes, max_rows=8)
     assert ws.reserve(num_rows=3, length=10) and ws.k[0].shape == (3, kv_heads, 20, d)
-    ws = DecodeWorkspace(cache, budget_bytes=3 * 11 * column_bytes)
+    ws = DecodeWorkspace(cache, budget_bytes=3 * 11 * column_bytes, max_rows=8)
     assert not ws.reserve(num_rows=3, length=10)  # 12 columns (3 blocks) do not fit
 
 

@@ -3,21 +3,29 @@ across steps, so that decode attention reads one strided row per sequence instea
 block again each step (on CPU the gather costs more than the attention itself)."""
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 import torch
 
-from kojudge.attention.batch import KVCache
+from kojudge.attention.batch import KVCache, lazy_zeros
 from kojudge.kernels.cpu_attention import FLASH_CPU, flash_cpu_runs, partial_attention
 from kojudge.utils import ceil_div
 
 
+GROUP_ROWS = 16  # rows per attention call where rows of like key counts are grouped
+# Moving a key into another row reads and writes it twice; attending to it reads it once.
+MOVE_COST = 4
+
+RowGroup = tuple[int, int, int, bool]  # rows [first, end) attend to columns [0, keys), masked?
+
+
 @dataclass
 class WorkspaceStep:
-    """One step's use of the workspace: the B decodes attend to rows [0, B), columns [0, length)."""
+    """One step's use of the workspace: the B decodes attend to rows [0, B), a call per group."""
 
     workspace: DecodeWorkspace
-    length: int
+    groups: list[RowGroup]
     decode_rows: torch.Tensor | None  # [B] row of each decode; None when decode i sits in row i
     # Workspace blocks, numbered over [rows * kv_heads * capacity / block_size], ...
     fill_target: torch.Tensor | None
@@ -36,6 +44,7 @@ class DecodeRequest:
     key_start: int  # first position past its shared prefix
     key_count: int  # its keys past that prefix, this step's included
     blocks: list[int]  # the pool blocks that hold those keys
+    steps_left: int  # decode steps it may still take
 
 
 class DecodeWorkspace:
@@ -46,9 +55,10 @@ class DecodeWorkspace:
 
     HEADROOM = 64  # decode steps a row can grow before the storage is reallocated
 
-    def __init__(self, cache: KVCache, budget_bytes: int):
+    def __init__(self, cache: KVCache, budget_bytes: int, max_rows: int):
         self.cache = cache
         self.budget_bytes = budget_bytes
+        self.max_rows = max_rows  # the most sequences that decode at once
         self.k: list[torch.Tensor] = []  # per layer [rows, kv_heads, capacity, d]
         self.v: list[torch.Tensor] = []
         self.rows: dict[int, tuple[int, int, int]] = {}  # request id -> (row, key_start, keys)
@@ -63,28 +73,30 @@ class DecodeWorkspace:
         order or None), or None where the workspace would not fit.
 
         A sequence that decoded last step after the same shared prefix keeps its row and appends
-        this step's key; the others take the free rows and are filled from the pool."""
+        this step's key; the others take the free rows and are filled from the pool. Rows are
+        regrouped by key count where the keys spared over the coming steps outweigh the move."""
         row_of, appends = self._place(decodes)
-        length = max(d.key_count for d in decodes)
+        counts = [d.key_count for d in decodes]
+        grouped = grouped_by_length(counts, row_of)
+        moved = sum(counts[i] for i in appends if grouped[i] != row_of[i])
+        spared = read_keys(in_rows(counts, row_of)) - read_keys(in_rows(counts, grouped))
+        if spared * statistics.median(d.steps_left for d in decodes) > MOVE_COST * moved:
+            appends = [i for i in appends if grouped[i] == row_of[i]]
+            row_of = grouped
+        length = max(counts)
         if not self.k or self.k[0].shape[0] < len(decodes) or self.k[0].shape[2] < length:
             if not self.reserve(len(decodes), length):
                 return None
-            appends = []  # new storage: every row is filled
         self.rows = {d.request_id: (row_of[i], d.key_start, d.key_count)
                      for i, d in enumerate(decodes)}
         fills = sorted(set(range(len(decodes))) - set(appends))
         fill_target, fill_source = self._fills(decodes, fills, row_of)
         append_target, append_decodes = self._appends(decodes, appends, row_of)
-        decode_rows = None
-        counts = [d.key_count for d in decodes]
-        if any(row_of[i] != i for i in range(len(decodes))):
-            decode_rows = self._tensor(row_of)
-            counts = [0] * len(decodes)
-            for i, d in enumerate(decodes):
-                counts[row_of[i]] = d.key_count
-        step = WorkspaceStep(self, length, decode_rows, fill_target, fill_source, append_target,
-                             append_decodes)
-        mask = key_mask(self._tensor(counts), length)
+        in_order = all(row_of[i] == i for i in range(len(decodes)))
+        by_row = in_rows(counts, row_of)
+        step = WorkspaceStep(self, row_groups(by_row), None if in_order else self._tensor(row_of),
+                             fill_target, fill_source, append_target, append_decodes)
+        mask = key_mask(self._tensor(by_row), length)
         return step, None if mask is None else mask[:, None, None, :]
 
     def _place(self, decodes: list[DecodeRequest]) -> tuple[list[int], list[int]]:
@@ -110,21 +122,16 @@ class DecodeWorkspace:
 
     def _fills(self, decodes: list[DecodeRequest], fills: list[int], row_of: list[int]
                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(workspace blocks, pool blocks) copied to fill the rows of `fills`: each row's blocks,
-        then its first block again up to the capacity, since masked columns must still hold
-        finite numbers (0 * inf is nan)."""
+        """(workspace blocks, pool blocks) copied to fill the rows of `fills` with their blocks;
+        the columns past them hold zeros or older keys, finite either way (0 * inf is nan)."""
         if not fills:
             return None, None
         kv_heads, capacity = self.k[0].shape[1], self.k[0].shape[2]
         row_blocks = capacity // self.cache.block_size
-        padded = []
-        for i in fills:
-            blocks = decodes[i].blocks
-            padded.append(blocks + blocks[:1] * (row_blocks - len(blocks)))
         heads = self._tensor(list(range(kv_heads)))
-        blocks = self._tensor(padded).flatten()
-        rows = self._tensor([row_of[i] for i in fills]).repeat_interleave(row_blocks)
-        cols = self._tensor(list(range(row_blocks))).repeat(len(fills))
+        blocks = self._tensor([b for i in fills for b in decodes[i].blocks])
+        rows = self._tensor([row_of[i] for i in fills for _ in decodes[i].blocks])
+        cols = self._tensor([c for i in fills for c in range(len(decodes[i].blocks))])
         target = ((rows * kv_heads + heads[:, None]) * row_blocks + cols).flatten()
         source = (heads[:, None] * self.cache.num_blocks + blocks).flatten()
         return target, source
@@ -144,31 +151,43 @@ class DecodeWorkspace:
         return target, self._tensor(appends)
 
     def reserve(self, num_rows: int, length: int) -> bool:
-        """Storage for at least `num_rows` rows of `length` keys with room to grow (rows doubled,
-        HEADROOM more columns or half again), else as many columns as the budget allows.
-        Uninitialized: pages fault in as fills first write them, and a fill writes every column."""
+        """Storage for `length` keys with room to grow (HEADROOM more columns, or half again),
+        in as many rows as the budget allows up to `max_rows` (untouched rows cost no memory),
+        else in `num_rows` rows with the columns the budget allows. The rows held keep their
+        keys, in the same rows, so that they go on appending."""
         bs = self.cache.block_size
-        rows = 2 * num_rows
         capacity = ceil_div(length + self.HEADROOM, bs) * bs
         if self.k:
-            old_rows, _, old_capacity, _ = self.k[0].shape
-            rows = max(rows, old_rows)
+            old_capacity = self.k[0].shape[2]
             grown = old_capacity * 3 // 2 // bs * bs if length > old_capacity else old_capacity
             capacity = max(capacity, grown)
-        self.k = []
-        self.v = []
-        self.rows = {}
         layers, kv_heads, _, d = self.cache.k.shape
         column_bytes = 2 * layers * kv_heads * d * self.cache.k.element_size()
-        most_columns = self.budget_bytes // (column_bytes * num_rows) // bs * bs
-        for rows, capacity in ((rows, capacity), (num_rows, min(capacity, most_columns))):
-            if capacity >= length and rows * capacity * column_bytes <= self.budget_bytes:
-                shape = (rows, kv_heads, capacity, d)
-                dtype, device = self.cache.k.dtype, self.cache.k.device
-                self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
-                self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(layers)]
+        columns = self.budget_bytes // column_bytes  # summed over rows
+        for capacity in (capacity, min(capacity, columns // num_rows // bs * bs)):
+            rows = max(num_rows, min(self.max_rows, columns // max(capacity, 1)))
+            if capacity >= length and rows * capacity <= columns:
+                self._reallocate((rows, kv_heads, capacity, d))
                 return True
+        self.rows = {}
         return False
+
+    def _reallocate(self, shape: tuple[int, int, int, int]) -> None:
+        """Zeroed storage of `shape` per layer (pages fault in as rows are first written), with
+        the held rows' keys copied over; a layer at a time, so only one is held twice."""
+        held_rows = max((row for row, _, _ in self.rows.values()), default=-1) + 1
+        held_columns = max((keys for _, _, keys in self.rows.values()), default=0)
+        dtype, device = self.cache.k.dtype, self.cache.k.device
+        for storage in (self.k, self.v):
+            for layer in range(self.cache.k.shape[0]):
+                new = lazy_zeros(shape, dtype, device)
+                if layer < len(storage):
+                    old = storage[layer]
+                    rows = min(held_rows, shape[0])
+                    new[:rows, :, :held_columns] = old[:rows, :, :held_columns]
+                    storage[layer] = new
+                else:
+                    storage.append(new)
 
     def attend(self, step: WorkspaceStep, layer: int, q: torch.Tensor, k: torch.Tensor,
                v: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,17 +210,67 @@ class DecodeWorkspace:
             q = torch.empty_like(q).index_copy_(0, step.decode_rows, q)
         # The query heads of a KV head as its query rows.
         q = q.view(rows, kv_heads, q.shape[1] // kv_heads, d)
-        keys = k_rows[:rows, :, : step.length]
-        values = v_rows[:rows, :, : step.length]
-        if flash_cpu_runs(q):  # reads the strided rows in place, where matmuls would copy them
-            out, lse = FLASH_CPU(q, keys, values, attn_mask=bias)
-        else:
-            out, lse = partial_attention(q, keys, values, bias)
+        parts = [self._attend_rows(q, k_rows, v_rows, group, bias) for group in step.groups]
+        out = parts[0][0] if len(parts) == 1 else torch.cat([o for o, _ in parts])
+        lse = parts[0][1] if len(parts) == 1 else torch.cat([x for _, x in parts])
         out = out.reshape(rows, -1, d)
         lse = lse.reshape(rows, -1)
         if step.decode_rows is not None:
             out, lse = out[step.decode_rows], lse[step.decode_rows]
         return out, lse
+
+    @staticmethod
+    def _attend_rows(q: torch.Tensor, k_rows: torch.Tensor, v_rows: torch.Tensor,
+                     group: RowGroup, bias: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        first, end, keys, masked = group
+        q = q[first:end]
+        k_rows = k_rows[first:end, :, :keys]
+        v_rows = v_rows[first:end, :, :keys]
+        bias = bias[first:end, ..., :keys] if masked else None
+        if flash_cpu_runs(q):  # reads the strided rows in place, where matmuls would copy them
+            return FLASH_CPU(q, k_rows, v_rows, attn_mask=bias)
+        return partial_attention(q, k_rows, v_rows, bias)
+
+
+def in_rows(counts: list[int], row_of: list[int]) -> list[int]:
+    """The decodes' key counts listed by the row each sits in."""
+    by_row = [0] * len(counts)
+    for i, row in enumerate(row_of):
+        by_row[row] = counts[i]
+    return by_row
+
+
+def row_groups(by_row: list[int]) -> list[RowGroup]:
+    """Attention calls over rows with these key counts: chunks of GROUP_ROWS rows, each to its
+    longest row, where that spares a tenth of the keys one call over every row would read."""
+    chunks = []
+    for first in range(0, len(by_row), GROUP_ROWS):
+        counts = by_row[first: first + GROUP_ROWS]
+        chunks.append((first, first + len(counts), max(counts), min(counts) < max(counts)))
+    longest = max(by_row)
+    chunked = sum((end - first) * keys for first, end, keys, _ in chunks)
+    if len(chunks) > 1 and chunked < 0.9 * len(by_row) * longest:
+        return chunks
+    return [(0, len(by_row), longest, min(by_row) < longest)]
+
+
+def read_keys(by_row: list[int]) -> int:
+    """Columns the attention calls of `row_groups` read, summed over rows."""
+    return sum((end - first) * keys for first, end, keys, _ in row_groups(by_row))
+
+
+def grouped_by_length(counts: list[int], row_of: list[int]) -> list[int]:
+    """Rows that put the decodes in chunks of GROUP_ROWS by descending key count. A decode whose
+    row already lies in its chunk keeps it; the others take the chunk's free rows."""
+    chunk_of = [0] * len(counts)
+    for rank, i in enumerate(sorted(range(len(counts)), key=lambda i: -counts[i])):
+        chunk_of[i] = rank // GROUP_ROWS
+    stays = [row_of[i] // GROUP_ROWS == chunk_of[i] for i in range(len(counts))]
+    taken = {row_of[i] for i in range(len(counts)) if stays[i]}
+    free = [iter([r for r in range(c * GROUP_ROWS, min((c + 1) * GROUP_ROWS, len(counts)))
+                  if r not in taken]) for c in range(max(chunk_of) + 1)]
+    return [row_of[i] if stays[i] else next(free[chunk_of[i]]) for i in range(len(counts))]
 
 
 def key_mask(counts: torch.Tensor, length: int) -> torch.Tensor | None:

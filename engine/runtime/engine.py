@@ -67,7 +67,8 @@ class Engine:
         self.scheduler = Scheduler(self.prefix_cache, config.max_num_seqs,
                                    config.max_num_batched_tokens)
         self.runner = ModelRunner(self.model, self.cache, self.device,
-                                  cascade=config.enable_cascade, backend=self.attention_backend)
+                                  cascade=config.enable_cascade, backend=self.attention_backend,
+                                  max_num_seqs=config.max_num_seqs)
         self.shared_generator = torch.Generator().manual_seed(config.seed)
         self._next_id = 0
         self._unclaimed: list[RequestOutput] = []

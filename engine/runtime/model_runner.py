@@ -43,7 +43,8 @@ def shared_prefixes(tables: list[list[int]], usable: list[int]) -> list[tuple[li
 
 class ModelRunner:
     def __init__(self, model: Model, cache: KVCache, device: torch.device, cascade: bool = True,
-                 backend: str = "torch", workspace_bytes: int | None = None):
+                 backend: str = "torch", workspace_bytes: int | None = None,
+                 max_num_seqs: int = 256):
         self.model = model
         self.cache = cache
         self.device = device
@@ -55,8 +56,8 @@ class ModelRunner:
         pool_bytes = 2 * cache.k.numel() * cache.k.element_size()
         if backend != "torch":
             workspace_bytes = 0
-        self.workspace = DecodeWorkspace(cache, pool_bytes if workspace_bytes is None
-                                         else workspace_bytes)
+        self.workspace = DecodeWorkspace(
+            cache, pool_bytes if workspace_bytes is None else workspace_bytes, max_num_seqs)
         self._offsets = torch.arange(self.block_size, device=device)
 
     def _attention_backend(self, backend: str):
@@ -117,7 +118,8 @@ class ModelRunner:
         slots.append(self._tensor(last))
         counts = [c - ks for c, ks in zip(context, key_start)]
         fields = dict(decode_blocks=self._tensor(padded), decode_key_counts=counts)
-        requests = [DecodeRequest(s.request_id, ks, n, blocks)
+        requests = [DecodeRequest(s.request_id, ks, n, blocks,
+                                  s.params.max_tokens - len(s.output_ids))
                     for (s, _), ks, n, blocks in zip(decodes, key_start, counts, own)]
         planned = self.workspace.plan(requests) if self.workspace.budget_bytes else None
         if planned is not None:
