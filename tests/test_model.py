@@ -189,8 +189,8 @@ def test_packed_model_with_mlp_biases_matches_transformers(tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_rms_norm_equals_transformers_bit_for_bit(dtype):
-    """16-bit input goes to F.rms_norm directly: the same numbers as transformers' cast to
-    float32 and back."""
+    """The same numbers as transformers' cast to float32 and back, whole or (2-d, more rows than
+    CHUNK_ROWS, no grad) a chunk of rows at a time."""
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
     from kojudge.model.decoder import RMSNorm
@@ -206,3 +206,5 @@ def test_rms_norm_equals_transformers_bit_for_bit(dtype):
         x = (torch.randn(33, 7, 96, generator=g) * scale).to(dtype)
         with torch.no_grad():
             assert torch.equal(ours(x), theirs(x))
+            rows = x.view(-1, 96)[: 2 * RMSNorm.CHUNK_ROWS + 5]
+            assert torch.equal(ours(rows), theirs(rows))
