@@ -25,7 +25,8 @@ class EngineConfig:
     kv_cache_blocks: int | None = None
     kv_cache_gib: float = 2.0
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
+    # Fewer, larger steps: each step streams every weight from memory once.
+    max_num_batched_tokens: int = 4096
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     enable_cascade: bool = True
