@@ -249,15 +249,18 @@ def row_groups(by_row: list[int]) -> list[RowGroup]:
         counts = by_row[first: first + GROUP_ROWS]
         chunks.append((first, first + len(counts), max(counts), min(counts) < max(counts)))
     longest = max(by_row)
-    chunked = sum((end - first) * keys for first, end, keys, _ in chunks)
-    if len(chunks) > 1 and chunked < 0.9 * len(by_row) * longest:
+    if len(chunks) > 1 and _columns_read(chunks) < 0.9 * len(by_row) * longest:
         return chunks
     return [(0, len(by_row), longest, min(by_row) < longest)]
 
 
 def read_keys(by_row: list[int]) -> int:
     """Columns the attention calls of `row_groups` read, summed over rows."""
-    return sum((end - first) * keys for first, end, keys, _ in row_groups(by_row))
+    return _columns_read(row_groups(by_row))
+
+
+def _columns_read(groups: list[RowGroup]) -> int:
+    return sum((end - first) * keys for first, end, keys, _ in groups)
 
 
 def grouped_by_length(counts: list[int], row_of: list[int]) -> list[int]:
