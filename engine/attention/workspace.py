@@ -175,16 +175,14 @@ class DecodeWorkspace:
     def _reallocate(self, shape: tuple[int, int, int, int]) -> None:
         """Zeroed storage of `shape` per layer (pages fault in as rows are first written), with
         the held rows' keys copied over; a layer at a time, so only one is held twice."""
-        held_rows = max((row for row, _, _ in self.rows.values()), default=-1) + 1
-        held_columns = max((keys for _, _, keys in self.rows.values()), default=0)
+        rows = min(max((row for row, _, _ in self.rows.values()), default=-1) + 1, shape[0])
+        columns = max((keys for _, _, keys in self.rows.values()), default=0)
         dtype, device = self.cache.k.dtype, self.cache.k.device
         for storage in (self.k, self.v):
             for layer in range(self.cache.k.shape[0]):
                 new = lazy_zeros(shape, dtype, device)
                 if layer < len(storage):
-                    old = storage[layer]
-                    rows = min(held_rows, shape[0])
-                    new[:rows, :, :held_columns] = old[:rows, :, :held_columns]
+                    new[:rows, :, :columns] = storage[layer][:rows, :, :columns]
                     storage[layer] = new
                 else:
                     storage.append(new)
