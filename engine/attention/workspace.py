@@ -77,12 +77,16 @@ class DecodeWorkspace:
         regrouped by key count where the keys spared over the coming steps outweigh the move."""
         row_of, appends = self._place(decodes)
         counts = [d.key_count for d in decodes]
+        by_row = in_rows(counts, row_of)
+        groups = row_groups(by_row)
         grouped = grouped_by_length(counts, row_of)
+        grouped_by_row = in_rows(counts, grouped)
+        grouped_groups = row_groups(grouped_by_row)
         moved = sum(counts[i] for i in appends if grouped[i] != row_of[i])
-        spared = read_keys(in_rows(counts, row_of)) - read_keys(in_rows(counts, grouped))
+        spared = columns_read(groups) - columns_read(grouped_groups)
         if spared * statistics.median(d.steps_left for d in decodes) > MOVE_COST * moved:
             appends = [i for i in appends if grouped[i] == row_of[i]]
-            row_of = grouped
+            row_of, by_row, groups = grouped, grouped_by_row, grouped_groups
         length = max(counts)
         if not self.k or self.k[0].shape[0] < len(decodes) or self.k[0].shape[2] < length:
             if not self.reserve(len(decodes), length):
@@ -93,8 +97,7 @@ class DecodeWorkspace:
         fill_target, fill_source = self._fills(decodes, fills, row_of)
         append_target, append_decodes = self._appends(decodes, appends, row_of)
         in_order = all(row_of[i] == i for i in range(len(decodes)))
-        by_row = in_rows(counts, row_of)
-        step = WorkspaceStep(self, row_groups(by_row), None if in_order else self._tensor(row_of),
+        step = WorkspaceStep(self, groups, None if in_order else self._tensor(row_of),
                              fill_target, fill_source, append_target, append_decodes)
         mask = key_mask(self._tensor(by_row), length)
         return step, None if mask is None else mask[:, None, None, :]
@@ -247,17 +250,13 @@ def row_groups(by_row: list[int]) -> list[RowGroup]:
         counts = by_row[first: first + GROUP_ROWS]
         chunks.append((first, first + len(counts), max(counts), min(counts) < max(counts)))
     longest = max(by_row)
-    if len(chunks) > 1 and _columns_read(chunks) < 0.9 * len(by_row) * longest:
+    if len(chunks) > 1 and columns_read(chunks) < 0.9 * len(by_row) * longest:
         return chunks
     return [(0, len(by_row), longest, min(by_row) < longest)]
 
 
-def read_keys(by_row: list[int]) -> int:
-    """Columns the attention calls of `row_groups` read, summed over rows."""
-    return _columns_read(row_groups(by_row))
-
-
-def _columns_read(groups: list[RowGroup]) -> int:
+def columns_read(groups: list[RowGroup]) -> int:
+    """Columns these attention calls read, summed over rows."""
     return sum((end - first) * keys for first, end, keys, _ in groups)
 
 
