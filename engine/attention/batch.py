@@ -109,6 +109,7 @@ class PagedBatch:
     shared: list[SharedPrefix] = field(default_factory=list)
     decode_workspace: WorkspaceStep | None = None  # when set, decodes read it, not the blocks
     decode_key_counts: list[int] = field(default_factory=list)  # past the shared prefix
+    decode_in_place: bool = False  # decodes read decode_blocks in the pool (CPU decode kernel)
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""The engine's attention step in torch (the CPU backend): decodes from the workspace or their
-gathered blocks, prefill spans over their blocks, then every shared prefix once for all its
-members' queries, merged by log-sum-exp."""
+"""The engine's attention step in torch (the CPU backend): decodes read their blocks in the pool
+(the CPU decode kernel), else from the workspace or their gathered blocks; prefill spans read
+their blocks; then every shared prefix once for all its members' queries, merged by
+log-sum-exp."""
 from __future__ import annotations
 
 import torch
@@ -9,6 +10,7 @@ from kojudge.attention.batch import KVCache, PagedBatch, as_range
 from kojudge.kernels.cpu_attention import (CAUSAL_SPLIT_MIN_ROWS, additive_mask,
                                            attention_with_lse, causal_attention_with_lse,
                                            flash_cpu_runs, merge_states, partial_attention)
+from kojudge.kernels.decode_attention import decode_attention
 
 Attended = tuple[torch.Tensor, torch.Tensor | None]  # (out [M, heads, d], LSE [M, heads] or None)
 
@@ -36,6 +38,9 @@ class PagedAttention:
         self.span_blocks = [as_range(span.blocks) for span in batch.prefills]
         self.prefix_blocks = [as_range(prefix.blocks) for prefix in batch.shared]
         self.decode_bias = None
+        self.decode_counts = None
+        if batch.decode_in_place:
+            self.decode_counts = torch.tensor(batch.decode_key_counts, device=cache.k.device)
         if batch.decode_mask is not None:
             self.decode_bias = additive_mask(batch.decode_mask, cache.k.dtype)
         # Masks of spans that continue their sequence: built at the first layer (which knows the
@@ -72,6 +77,9 @@ class PagedAttention:
         if step is not None:
             return step.workspace.attend(step, layer, q[decodes], k[decodes], v[decodes],
                                          self.decode_bias)
+        if batch.decode_in_place:
+            return decode_attention(q[decodes], self.cache.k[layer], self.cache.v[layer],
+                                    batch.decode_blocks, self.decode_counts, self.cache.block_size)
         # Without a workspace (it would not fit): gather every block.
         keys = k_blocks[:, batch.decode_blocks].flatten(2, 3)
         values = v_blocks[:, batch.decode_blocks].flatten(2, 3)

@@ -13,8 +13,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass(frozen=True)
 class EngineConfig:
     """`kv_cache_blocks` sizes the pool directly (tests force preemption with it); otherwise
-    `kv_cache_gib` of memory is used, capped at what `max_num_seqs` full-length sequences need; the
-    torch backend's decode workspace may take up to as much again while decoding.
+    `kv_cache_gib` of memory is used, capped at what `max_num_seqs` full-length sequences need; where
+    the CPU decode kernel is not built, the torch backend's decode workspace may take up to as
+    much again while decoding.
     `pack_weights` runs the linear layers on oneDNN-packed weights (kojudge.kernels.onednn); by
     default on wherever that applies (CPU, float32 or bfloat16). `attention_backend`: torch on
     CPU, triton on CUDA by default; flashinfer when asked for (CUDA, 16-bit)."""

@@ -7,6 +7,7 @@ from kojudge.attention.batch import KVCache, PagedBatch, PrefillSpan, SharedPref
 from kojudge.attention.torch_paged import PagedAttention
 from kojudge.attention.triton_paged import TritonPagedAttention
 from kojudge.attention.workspace import DecodeRequest, DecodeWorkspace, key_mask
+from kojudge.kernels import decode_attention
 from kojudge.model.decoder import Model
 from kojudge.runtime.sequence import ScheduledChunk, Sequence
 from kojudge.utils import ceil_div
@@ -51,10 +52,13 @@ class ModelRunner:
         self.cascade = cascade
         self.block_size = cache.block_size
         self.attention = self._attention_backend(backend)
-        # GPU kernels read pages in place; the torch path keeps a decode workspace up to the KV
-        # pool's size unless told otherwise (0: none, and every decode step gathers its blocks).
+        # GPU kernels and the CPU decode kernel read pages in place; elsewhere the torch path
+        # keeps a decode workspace up to the KV pool's size unless told otherwise (0: none, and
+        # every decode step gathers its blocks).
         pool_bytes = 2 * cache.k.numel() * cache.k.element_size()
-        if backend != "torch":
+        self.decode_in_place = (backend == "torch" and workspace_bytes is None
+                                and decode_attention.supports(cache.k, self.block_size))
+        if backend != "torch" or self.decode_in_place:
             workspace_bytes = 0
         self.workspace = DecodeWorkspace(
             cache, pool_bytes if workspace_bytes is None else workspace_bytes, max_num_seqs)
@@ -118,6 +122,8 @@ class ModelRunner:
         slots.append(self._tensor(last))
         counts = [c - ks for c, ks in zip(context, key_start)]
         fields = dict(decode_blocks=self._tensor(padded), decode_key_counts=counts)
+        if self.decode_in_place:
+            return dict(fields, decode_mask=None, decode_in_place=True)
         requests = [DecodeRequest(s.request_id, ks, n, blocks,
                                   s.params.max_tokens - len(s.output_ids))
                     for (s, _), ks, n, blocks in zip(decodes, key_start, counts, own)]
