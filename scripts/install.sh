@@ -12,9 +12,9 @@ else
   "$PY" -m pip install -q "torch==2.13.0"
 fi
 "$PY" -m pip install -q -e ".[test,plots]"
-# The CPU decode kernel, compiled beside its source for this machine's instruction set (~1 min);
+# The CPU kernels (decode attention, KV store), compiled beside their source for AVX-512 (~1 min);
 # pip's isolated build has no torch to compile it against. Where it cannot be built, kojudge
-# runs decode attention in torch.
+# runs those steps in torch.
 "$PY" setup.py -q build_ext --inplace
 # flashinfer is an optional attention backend: a GPU setup it does not build for still gets kojudge.
 if [ "$gpu" = 1 ] && ! "$PY" -m pip install -q -e ".[gpu]"; then

@@ -1,4 +1,5 @@
-"""The CPU decode kernel (kernels/decode_attention.cpp) against attention over gathered blocks."""
+"""The C++ CPU kernels (kernels/cpu_kernels.cpp) against their torch references: decode attention
+over gathered blocks, and the KV store."""
 import pytest
 import torch
 
@@ -6,10 +7,11 @@ import kojudge
 from conftest import hf_greedy, random_prompts
 from kojudge import SamplingParams
 from kojudge.kernels import decode_attention as kernel
-from kojudge.kernels.cpu_attention import partial_attention
+from kojudge.kernels.cpu_attention import partial_attention, store_kv
+from kojudge.kernels.native import library
 
 pytestmark = pytest.mark.skipif(
-    not kernel.built(), reason="the CPU decode kernel was not built (it needs AVX-512 and a "
+    library is None, reason="the C++ CPU kernels are not loaded (they need AVX-512, and a "
     "compiler at install: scripts/install.sh)")
 
 
@@ -98,3 +100,22 @@ def test_engine_decodes_in_place_and_matches_transformers(model_dirs, hf_models)
         assert out.token_ids == hf_greedy(hf_models["qwen3-tied"], prompt, 24) == ref.token_ids
         torch.testing.assert_close(torch.tensor(out.logprobs), torch.tensor(ref.logprobs),
                                    atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens", [1, 300])
+def test_store_matches_index_copy(dtype, tokens):
+    """New keys as the model has them (views of the fused projection), into scattered slots."""
+    generator = torch.Generator().manual_seed(tokens)
+    kv_heads, d, pool = 2, 32, 1024
+    projected = torch.randn(tokens, 3 * kv_heads * d, generator=generator).to(dtype)
+    k = projected[:, kv_heads * d: 2 * kv_heads * d].view(tokens, kv_heads, d)
+    v = projected[:, 2 * kv_heads * d:].view(tokens, kv_heads, d)
+    slots = torch.randperm(pool, generator=generator)[:tokens]
+    caches = [torch.zeros(kv_heads, pool, d, dtype=dtype) for _ in range(4)]
+    library.store_kv(k, v, caches[0], caches[1], slots)
+    store_kv(k, v, caches[2], caches[3], slots)
+    assert torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+    assert caches[0].abs().sum() > 0
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        library.store_kv(k, v, caches[0], caches[1], slots + pool)

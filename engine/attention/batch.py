@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kojudge.kernels.cpu_attention import store_kv
+from kojudge.kernels.native import library
 from kojudge.utils import ceil_div
 
 if TYPE_CHECKING:
@@ -46,7 +47,10 @@ class KVCache:
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
         """Write new keys/values [T, kv_heads, d] of one layer into their slots."""
-        store_kv(k, v, self.k[layer], self.v[layer], slots)
+        if library is not None and self.k.device.type == "cpu":
+            library.store_kv(k, v, self.k[layer], self.v[layer], slots)
+        else:
+            store_kv(k, v, self.k[layer], self.v[layer], slots)
 
     def blocks(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer's keys and values as [kv_heads, num_blocks, block_size, d] views."""

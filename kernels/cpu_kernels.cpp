@@ -1,8 +1,14 @@
-// Decode attention on CPU straight from the paged KV pool: each (sequence, KV head) is one task
-// that reads its blocks once for all the query heads of the group, with an online softmax over
-// tiles of 16 keys. Returns the output and the log-sum-exp, so that the engine can merge it
-// with attention to a shared prefix. The torch reference is
+// The engine's CPU kernels in C++, compiled at install for AVX-512 (F, BW, DQ, VL: torch's
+// "AVX512" capability, which kernels/native.py checks before it loads the library).
+//
+// decode_attention: decode attention straight from the paged KV pool. Each (sequence, KV head)
+// is one task that reads its blocks once for all the query heads of the group, with an online
+// softmax over tiles of 16 keys. It returns the output and the log-sum-exp, so that the engine
+// can merge it with attention to a shared prefix. The torch reference is
 // kojudge.kernels.cpu_attention.partial_attention over the gathered blocks.
+//
+// store_kv: a step's new keys and values into their pool slots, a row copy per (token, head),
+// where torch's index_copy_ of the transposed rows costs ~10x more at decode sizes.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -11,11 +17,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
 
-#if defined(__AVX512F__)
 #include <immintrin.h>
 
 namespace {
@@ -228,17 +234,9 @@ void dispatch_dim(int64_t d, int64_t group, const at::Tensor& q, const at::Tenso
 
 }  // namespace
 
-static constexpr bool kBuilt = true;
-#else
-static constexpr bool kBuilt = false;
-#endif
-
-bool available() { return kBuilt; }
-
 std::vector<at::Tensor> decode_attention(const at::Tensor& q, const at::Tensor& k,
                                          const at::Tensor& v, const at::Tensor& blocks,
                                          const at::Tensor& counts, int64_t block_size) {
-  TORCH_CHECK(kBuilt, "decode_attention: built without AVX-512");
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && k.sizes() == v.sizes(),
               "decode_attention: q [B, heads, d], k and v [kv_heads, slots, d]");
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(),
@@ -250,14 +248,14 @@ std::vector<at::Tensor> decode_attention(const at::Tensor& q, const at::Tensor& 
   TORCH_CHECK(blocks.scalar_type() == at::kLong && counts.scalar_type() == at::kLong &&
                   blocks.dim() == 2 && blocks.size(0) == q.size(0) && counts.numel() == q.size(0),
               "decode_attention: blocks [B, width] and counts [B], int64");
-  TORCH_CHECK(counts.numel() == 0 || (counts.min().item<int64_t>() > 0 &&
-                                      counts.max().item<int64_t>() <= blocks.size(1) * block_size),
-              "decode_attention: every count in [1, width * block_size]");
-  auto out = at::empty_like(q);
-  auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
-#if defined(__AVX512F__)
   const auto blocks_c = blocks.contiguous();
   const auto counts_c = counts.contiguous();
+  const int64_t* count = counts_c.data_ptr<int64_t>();
+  for (int64_t i = 0; i < counts_c.numel(); ++i)
+    TORCH_CHECK(count[i] > 0 && count[i] <= blocks.size(1) * block_size,
+                "decode_attention: every count in [1, width * block_size], not ", count[i]);
+  auto out = at::empty_like(q);
+  auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
   const int64_t group = q.size(1) / k.size(0), d = q.size(2);
   TORCH_CHECK(d == 16 || d == 32 || d == 64 || d == 128,
               "decode_attention: head_dim 16, 32, 64 or 128, not ", d);
@@ -270,12 +268,47 @@ std::vector<at::Tensor> decode_attention(const at::Tensor& q, const at::Tensor& 
     AT_DISPATCH_CASE(at::kBFloat16, [&] {
       dispatch_dim<scalar_t>(d, group, q, k, v, blocks_c, counts_c, block_size, out, lse);
     }));
-#endif
   return {out, lse};
 }
 
+void store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
+              at::Tensor& v_cache, const at::Tensor& slots) {
+  TORCH_CHECK(k.dim() == 3 && k.sizes() == v.sizes() && k_cache.dim() == 3 &&
+                  k_cache.sizes() == v_cache.sizes() && k.size(1) == k_cache.size(0) &&
+                  k.size(2) == k_cache.size(2),
+              "store_kv: k, v [T, kv_heads, d] and caches [kv_heads, slots, d]");
+  TORCH_CHECK(k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == v_cache.scalar_type()
+                  && k.scalar_type() == v.scalar_type(), "store_kv: one dtype");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "store_kv: contiguous caches");
+  TORCH_CHECK(k.stride(2) == 1 && v.stride(2) == 1 && k.stride(1) == k.size(2) &&
+                  v.stride(1) == v.size(2), "store_kv: each token's heads one run of memory");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.dim() == 1 && slots.size(0) == k.size(0),
+              "store_kv: slots [T], int64");
+  const auto slots_c = slots.contiguous();
+  const int64_t* slot = slots_c.data_ptr<int64_t>();
+  const int64_t tokens = k.size(0), heads = k.size(1), pool = k_cache.size(1);
+  for (int64_t t = 0; t < tokens; ++t)
+    TORCH_CHECK(slot[t] >= 0 && slot[t] < pool, "store_kv: slot ", slot[t], " outside the pool");
+  const int64_t row = k.size(2) * k.element_size();  // bytes of one head's key
+  const auto* k_src = static_cast<const char*>(k.data_ptr());
+  const auto* v_src = static_cast<const char*>(v.data_ptr());
+  auto* k_dst = static_cast<char*>(k_cache.data_ptr());
+  auto* v_dst = static_cast<char*>(v_cache.data_ptr());
+  const int64_t k_stride = k.stride(0) * k.element_size(), v_stride = v.stride(0) * v.element_size();
+  at::parallel_for(0, tokens, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t offset = (h * pool + slot[t]) * row;
+        std::memcpy(k_dst + offset, k_src + t * k_stride + h * row, row);
+        std::memcpy(v_dst + offset, v_src + t * v_stride + h * row, row);
+      }
+    }
+  });
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("available", &available, "Whether the kernel was built (it needs AVX-512)");
+  m.def("store_kv", &store_kv,
+        "k, v [T, kv_heads, d] into the slots [T] (int64) of caches [kv_heads, slots, d]");
   m.def("decode_attention", &decode_attention,
         "q [B, heads, d] to the paged keys/values [kv_heads, slots, d] of each row's blocks "
         "[B, width] (int64), counts [B] keys each -> (out [B, heads, d], LSE [B, heads] float32)");
