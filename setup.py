@@ -4,10 +4,10 @@ from setuptools import setup
 
 
 def cpu_kernels() -> dict:
-    """The C++ CPU kernels (kernels/cpu_kernels.cpp: decode attention, the KV store), compiled for AVX-512 at
-    install, so that no process compiles it at its first call; it is loaded only on CPUs that have
-    AVX-512. Optional: without torch at build time (pip's build isolation) or a compiler, kojudge
-    runs the torch path instead."""
+    """The C++ CPU kernels (kernels/cpu_kernels.cpp: decode attention, the KV store), compiled
+    for AVX-512 at install, so that no process compiles them at its first call; they are loaded
+    only on CPUs that have AVX-512. Optional: without torch at build time (pip's build isolation)
+    or a compiler, kojudge runs the torch paths instead."""
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:

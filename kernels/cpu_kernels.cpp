@@ -127,7 +127,9 @@ void attend(const T* q, const T* k_head, const T* v_head, const int64_t* blocks,
     row_sum[g] = 0.f;
   }
   // Tiles start at multiples of 16, and so do blocks: a tile's rows are consecutive slots.
-  auto tile_offset = [&](int64_t pos) { return (blocks[pos / block_size] * block_size + pos % block_size) * D; };
+  auto tile_offset = [&](int64_t pos) {
+    return (blocks[pos / block_size] * block_size + pos % block_size) * D;
+  };
   for (int64_t start = 0; start < count; start += 16) {
     const int n = static_cast<int>(std::min<int64_t>(16, count - start));
     const T* k_tile = k_head + tile_offset(start);
@@ -294,7 +296,8 @@ void store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
   const auto* v_src = static_cast<const char*>(v.data_ptr());
   auto* k_dst = static_cast<char*>(k_cache.data_ptr());
   auto* v_dst = static_cast<char*>(v_cache.data_ptr());
-  const int64_t k_stride = k.stride(0) * k.element_size(), v_stride = v.stride(0) * v.element_size();
+  const int64_t k_stride = k.stride(0) * k.element_size();
+  const int64_t v_stride = v.stride(0) * v.element_size();
   at::parallel_for(0, tokens, 256, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       for (int64_t h = 0; h < heads; ++h) {

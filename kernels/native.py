@@ -1,6 +1,6 @@
-"""The C++ CPU kernels (cpu_kernels.cpp), which scripts/install.sh compiles for AVX-512: `library` is
-the loaded extension, or None where it was not built (no compiler, torch missing at build time)
-or the CPU lacks AVX-512, and the engine keeps its torch paths."""
+"""The C++ CPU kernels (cpu_kernels.cpp), which scripts/install.sh compiles for AVX-512: `library`
+is the loaded extension, or None where it was not built (no compiler, torch missing at build
+time) or the CPU lacks AVX-512, and the engine keeps its torch paths."""
 from __future__ import annotations
 
 import torch
