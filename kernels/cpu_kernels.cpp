@@ -12,7 +12,6 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -25,8 +24,6 @@
 #include <immintrin.h>
 
 namespace {
-
-constexpr int kMaxGroup = 8;  // query heads per task; larger groups run as several tasks
 
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 
@@ -208,7 +205,8 @@ template <typename T, int D>
 void dispatch_group(int64_t group, const at::Tensor& q, const at::Tensor& k,
                     const at::Tensor& v, const at::Tensor& blocks, const at::Tensor& counts,
                     int64_t block_size, at::Tensor& out, at::Tensor& lse) {
-  // The largest G <= kMaxGroup that divides the group.
+  // Query heads per task: the largest G <= 8 that divides the group; a larger group runs as
+  // several tasks, each reading the keys again.
   switch (group % 8 == 0 ? 8 : group % 7 == 0 ? 7 : group % 6 == 0 ? 6 : group % 5 == 0 ? 5
           : group % 4 == 0 ? 4 : group % 3 == 0 ? 3 : group % 2 == 0 ? 2 : 1) {
     case 8: return attend_all<T, D, 8>(q, k, v, blocks, counts, block_size, out, lse);

@@ -13,7 +13,7 @@ else
 fi
 "$PY" -m pip install -q -e ".[test,plots]"
 # The CPU kernels (decode attention, KV store), compiled beside their source for AVX-512 (~1 min);
-# pip's isolated build has no torch to compile it against. Where it cannot be built, kojudge
+# pip's isolated build has no torch to compile them against. Where it cannot be built, kojudge
 # runs those steps in torch.
 "$PY" setup.py -q build_ext --inplace
 # flashinfer is an optional attention backend: a GPU setup it does not build for still gets kojudge.

@@ -44,13 +44,12 @@ class KVCache:
         self.v = lazy_zeros(shape, dtype, device)
         self.block_size = block_size
         self.num_blocks = num_blocks
+        on_cpu = library is not None and self.k.device.type == "cpu"
+        self._store = library.store_kv if on_cpu else store_kv  # C++ row copies where loaded
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
         """Write new keys/values [T, kv_heads, d] of one layer into their slots."""
-        if library is not None and self.k.device.type == "cpu":
-            library.store_kv(k, v, self.k[layer], self.v[layer], slots)
-        else:
-            store_kv(k, v, self.k[layer], self.v[layer], slots)
+        self._store(k, v, self.k[layer], self.v[layer], slots)
 
     def blocks(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer's keys and values as [kv_heads, num_blocks, block_size, d] views."""
