@@ -207,8 +207,9 @@ void dispatch_group(int64_t group, const at::Tensor& q, const at::Tensor& k,
                     int64_t block_size, at::Tensor& out, at::Tensor& lse) {
   // Query heads per task: the largest G <= 8 that divides the group; a larger group runs as
   // several tasks, each reading the keys again.
-  switch (group % 8 == 0 ? 8 : group % 7 == 0 ? 7 : group % 6 == 0 ? 6 : group % 5 == 0 ? 5
-          : group % 4 == 0 ? 4 : group % 3 == 0 ? 3 : group % 2 == 0 ? 2 : 1) {
+  int per_task = 8;
+  while (group % per_task != 0) --per_task;
+  switch (per_task) {
     case 8: return attend_all<T, D, 8>(q, k, v, blocks, counts, block_size, out, lse);
     case 7: return attend_all<T, D, 7>(q, k, v, blocks, counts, block_size, out, lse);
     case 6: return attend_all<T, D, 6>(q, k, v, blocks, counts, block_size, out, lse);
@@ -261,13 +262,11 @@ std::vector<at::Tensor> decode_attention(const at::Tensor& q, const at::Tensor& 
               "decode_attention: head_dim 16, 32, 64 or 128, not ", d);
   TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16,
               "decode_attention: float32 or bfloat16");
-  AT_DISPATCH_SWITCH(q.scalar_type(), "decode_attention",
-    AT_DISPATCH_CASE(at::kFloat, [&] {
-      dispatch_dim<scalar_t>(d, group, q, k, v, blocks_c, counts_c, block_size, out, lse);
-    })
-    AT_DISPATCH_CASE(at::kBFloat16, [&] {
-      dispatch_dim<scalar_t>(d, group, q, k, v, blocks_c, counts_c, block_size, out, lse);
-    }));
+  if (q.scalar_type() == at::kFloat) {
+    dispatch_dim<float>(d, group, q, k, v, blocks_c, counts_c, block_size, out, lse);
+  } else {
+    dispatch_dim<c10::BFloat16>(d, group, q, k, v, blocks_c, counts_c, block_size, out, lse);
+  }
   return {out, lse};
 }
 
