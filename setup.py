@@ -4,7 +4,7 @@ from setuptools import setup
 
 
 def cpu_kernels() -> dict:
-    """The C++ CPU kernels (kernels/cpu_kernels.cpp: decode attention, the KV store), compiled
+    """The C++ CPU kernels (kernels/*.cpp: decode and prefill attention, the KV store), compiled
     for AVX-512 at install, so that no process compiles them at its first call; they are loaded
     only on CPUs that have AVX-512. Optional: without torch at build time (pip's build isolation)
     or a compiler, kojudge runs the torch paths instead."""
@@ -26,8 +26,8 @@ def cpu_kernels() -> dict:
     # intrinsics headers' undefined pass-through vectors: silenced.
     flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma", "-fopenmp",
              "-Wno-maybe-uninitialized", "-Wno-uninitialized"]
-    kernel = CppExtension("kojudge.kernels._cpu_kernels", ["kernels/cpu_kernels.cpp"],
-                          extra_compile_args=flags)
+    sources = ["kernels/cpu_kernels.cpp", "kernels/prefill_attention.cpp"]
+    kernel = CppExtension("kojudge.kernels._cpu_kernels", sources, extra_compile_args=flags)
     return dict(ext_modules=[kernel], cmdclass={"build_ext": OptionalBuild})
 
 

@@ -15,7 +15,7 @@ import kojudge
 from kojudge.kernels import onednn
 from kojudge.kernels.cpu_attention import (additive_mask, attention_with_lse, causal_attention_with_lse, merge_states,
                                partial_attention)
-from kojudge.kernels import chosen_logprobs
+from kojudge.kernels import chosen_logprobs, pool_attention
 
 pytestmark = pytest.mark.benchmark(min_rounds=5, warmup=True)
 
@@ -88,14 +88,19 @@ def test_knockout_logic_64_candidates(benchmark):
 
 
 @pytest.mark.parametrize("rows,keys", [(512, 512), (1024, 2048)])  # below and above CAUSAL_SPLIT_MIN_ROWS
-@pytest.mark.parametrize("path", ["one_masked_call", "causal_split"])
+@pytest.mark.parametrize("path", ["one_masked_call", "causal_split", "pool_kernel"])
 def test_prefill_span_attention(benchmark, rows, keys, path):
     """A prefill chunk's queries (8 heads over 4 KV heads) attending causally to the keys before them
-    and to their own: one call with a bias mask vs the unmasked part + the flash kernel's causal square."""
+    and to their own: one call with a bias mask vs the unmasked part + the flash kernel's causal square
+    vs the C++ prefill kernel reading the keys in place (blocks of 16 in a pool)."""
     g = torch.Generator().manual_seed(3)
     q = torch.randn(rows, 8, 64, generator=g)
     k, v = torch.randn(4, keys, 64, generator=g), torch.randn(4, keys, 64, generator=g)
-    if path == "causal_split":
+    if path == "pool_kernel":
+        if not pool_attention.supports(k, 16):
+            pytest.skip("the C++ CPU kernels are not loaded (AVX-512 and scripts/install.sh)")
+        benchmark(pool_attention.prefill_attention, q, k, v, torch.arange(keys // 16), keys, 16)
+    elif path == "causal_split":
         benchmark(causal_attention_with_lse, q, k, v)
     else:
         visible = torch.arange(keys)[None, :] <= torch.arange(rows)[:, None] + keys - rows

@@ -3,6 +3,7 @@ and the KV store. The paged torch backend is built from these; they are also the
 of the Triton kernels in kojudge.kernels.attention."""
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
 import time
 
@@ -91,6 +92,17 @@ def _attention_onednn(q: torch.Tensor, k: torch.Tensor,
     return out, lse
 
 
+def best_of_three(attend: Callable[[], object]) -> float:
+    """Seconds of the fastest of three calls after a warm-up, for choosing paths at run time."""
+    attend()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        attend()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 @functools.cache
 def onednn_attention_is_faster() -> bool:
     """Whether unmasked float32 attention runs faster on oneDNN's matmuls than on torch's flash
@@ -99,16 +111,6 @@ def onednn_attention_is_faster() -> bool:
     then the fused kernel wins by 3x."""
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(4, rows, 64, generator=generator) for rows in (256, 1024, 1024))
-
-    def best_of_three(attend) -> float:
-        attend()
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            attend()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     flash = best_of_three(lambda: FLASH_CPU(q[None], k[None], v[None]))
     return best_of_three(lambda: _attention_onednn(q, k, v)) < 0.9 * flash
 

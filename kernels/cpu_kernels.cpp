@@ -21,53 +21,11 @@
 #include <numeric>
 #include <vector>
 
-#include <immintrin.h>
+#include "simd.h"
 
 namespace {
 
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-
-inline __m512 load16(const c10::BFloat16* p) {
-  __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-// exp(x) as 2^n * 2^f with n = round(x log2 e), |f| <= 1/2: degree-6 Taylor series of 2^f,
-// relative error ~1e-7. Inputs far below the float range (-inf for masked keys) give 0.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.f));
-  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f));
-  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.6931471805599453f));
-  __m512 p = _mm512_set1_ps(1.f / 720);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 120));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 24));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 6));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-  return _mm512_scalef_ps(p, n);
-}
-
-// The sums of 16 vectors' lanes as one vector: lane j holds the sum of x[j]'s lanes. Pairs
-// are added within 128-bit lanes, then across them: 45 operations where 16 separate horizontal
-// sums take ~160.
-inline __m512 sum_lanes16(const __m512* x) {
-  __m512 pairs[8], quads[4], halves[2];
-  for (int i = 0; i < 8; ++i)
-    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]),
-                             _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]));
-  for (int i = 0; i < 4; ++i) {
-    __m512d a = _mm512_castps_pd(pairs[2 * i]), b = _mm512_castps_pd(pairs[2 * i + 1]);
-    quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  for (int i = 0; i < 2; ++i)
-    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0x88),
-                              _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], 0xdd));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], 0x88),
-                       _mm512_shuffle_f32x4(halves[0], halves[1], 0xdd));
-}
+using namespace kojudge;
 
 // Scores of one query row q [D] against 16 consecutive key rows, float32.
 template <int D>
@@ -306,10 +264,19 @@ void store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
   });
 }
 
+// prefill_attention.cpp
+std::vector<at::Tensor> prefill_attention(const at::Tensor& q, const at::Tensor& k,
+                                          const at::Tensor& v, const at::Tensor& blocks,
+                                          int64_t num_keys, int64_t block_size, bool causal);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("store_kv", &store_kv,
         "k, v [T, kv_heads, d] into the slots [T] (int64) of caches [kv_heads, slots, d]");
   m.def("decode_attention", &decode_attention,
         "q [B, heads, d] to the paged keys/values [kv_heads, slots, d] of each row's blocks "
         "[B, width] (int64), counts [B] keys each -> (out [B, heads, d], LSE [B, heads] float32)");
+  m.def("prefill_attention", &prefill_attention,
+        "q [M, heads, d] to the first num_keys paged keys/values [kv_heads, slots, d] of the "
+        "blocks [n] (int64), causal: the queries are the last M positions -> (out [M, heads, d], "
+        "LSE [M, heads] float32)");
 }

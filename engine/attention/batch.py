@@ -113,6 +113,7 @@ class PagedBatch:
     decode_workspace: WorkspaceStep | None = None  # when set, decodes read it, not the blocks
     decode_key_counts: list[int] = field(default_factory=list)  # past the shared prefix
     decode_in_place: bool = False  # decodes read decode_blocks in the pool (CPU decode kernel)
+    spans_in_place: bool = False  # prefill spans read their blocks in the pool (CPU kernel)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The engine's attention step in torch (the CPU backend): decodes read their blocks in the pool
 (the CPU decode kernel), else from the workspace or their gathered blocks; prefill spans read
-their blocks; then every shared prefix once for all its members' queries, merged by
-log-sum-exp."""
+their blocks in the pool (the CPU prefill kernel) or gathered; then every shared prefix once for
+all its members' queries, merged by log-sum-exp."""
 from __future__ import annotations
 
 import torch
@@ -10,7 +10,7 @@ from kojudge.attention.batch import KVCache, PagedBatch, as_range
 from kojudge.kernels.cpu_attention import (CAUSAL_SPLIT_MIN_ROWS, additive_mask,
                                            attention_with_lse, causal_attention_with_lse,
                                            flash_cpu_runs, merge_states, partial_attention)
-from kojudge.kernels.decode_attention import decode_attention
+from kojudge.kernels.pool_attention import decode_attention, prefill_attention
 
 Attended = tuple[torch.Tensor, torch.Tensor | None]  # (out [M, heads, d], LSE [M, heads] or None)
 
@@ -35,7 +35,8 @@ class PagedAttention:
         self.batch = batch
         # Resolved once per step, not per layer; a fresh pool hands out consecutive blocks, so a
         # long shared prefix is usually one run, read as a view.
-        self.span_blocks = [as_range(span.blocks) for span in batch.prefills]
+        self.span_blocks = [] if batch.spans_in_place else [as_range(span.blocks)
+                                                            for span in batch.prefills]
         self.prefix_blocks = [as_range(prefix.blocks) for prefix in batch.shared]
         self.decode_bias = None
         self.decode_counts = None
@@ -56,7 +57,7 @@ class PagedAttention:
         if batch.num_decodes:
             parts.append(self._decodes(layer, q, k, v, k_blocks, v_blocks))
         for i, span in enumerate(batch.prefills):
-            parts.append(self._span(i, q[span.start: span.end], k_blocks, v_blocks))
+            parts.append(self._span(layer, i, q[span.start: span.end], k_blocks, v_blocks))
         out = parts[0][0] if len(parts) == 1 else torch.cat([o for o, _ in parts])
         if batch.shared:
             lse = torch.cat([torch.zeros(o.shape[:2], device=o.device) if x is None else x
@@ -87,11 +88,14 @@ class PagedAttention:
         out, lse = partial_attention(grouped, keys, values, self.decode_bias)
         return _ungrouped(out), _ungrouped(lse)
 
-    def _span(self, i: int, q: torch.Tensor, k_blocks: torch.Tensor,
+    def _span(self, layer: int, i: int, q: torch.Tensor, k_blocks: torch.Tensor,
               v_blocks: torch.Tensor) -> Attended:
         span = self.batch.prefills[i]
-        blocks = self.span_blocks[i]
         num_keys = span.context_len - span.key_start
+        if self.batch.spans_in_place:
+            return prefill_attention(q, self.cache.k[layer], self.cache.v[layer], span.blocks,
+                                     num_keys, self.cache.block_size)
+        blocks = self.span_blocks[i]
         keys = k_blocks[:, blocks].flatten(1, 2)[:, :num_keys]  # [kv_heads, S, d]
         values = v_blocks[:, blocks].flatten(1, 2)[:, :num_keys]
         # The flash kernel called directly: F.scaled_dot_product_attention on these 3-d heads

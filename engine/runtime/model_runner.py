@@ -1,13 +1,15 @@
 """Turns a scheduled step into one packed forward pass and returns the sampled rows' logits."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from kojudge.attention.batch import KVCache, PagedBatch, PrefillSpan, SharedPrefix, as_range
 from kojudge.attention.torch_paged import PagedAttention
 from kojudge.attention.triton_paged import TritonPagedAttention
 from kojudge.attention.workspace import DecodeRequest, DecodeWorkspace, key_mask
-from kojudge.kernels import decode_attention
+from kojudge.kernels import pool_attention
 from kojudge.model.decoder import Model
 from kojudge.runtime.sequence import ScheduledChunk, Sequence
 from kojudge.utils import ceil_div
@@ -57,12 +59,20 @@ class ModelRunner:
         # every decode step gathers its blocks).
         pool_bytes = 2 * cache.k.numel() * cache.k.element_size()
         self.decode_in_place = (backend == "torch" and workspace_bytes is None
-                                and decode_attention.supports(cache.k, self.block_size))
+                                and pool_attention.supports(cache.k, self.block_size))
         if backend != "torch" or self.decode_in_place:
             workspace_bytes = 0
         self.workspace = DecodeWorkspace(
             cache, pool_bytes if workspace_bytes is None else workspace_bytes, max_num_seqs)
         self._offsets = torch.arange(self.block_size, device=device)
+
+    @functools.cached_property
+    def spans_in_place(self) -> bool:
+        """Whether prefill spans run on the CPU prefill kernel, where it measured faster than
+        torch's flash kernel; measured at the first step that has one, not at construction."""
+        return (self.attention is PagedAttention
+                and pool_attention.supports(self.cache.k, self.block_size)
+                and pool_attention.prefill_is_faster(self.cache.k.dtype))
 
     def _attention_backend(self, backend: str):
         if backend == "flashinfer":
@@ -101,7 +111,8 @@ class ModelRunner:
         spans = self._prefill_spans(ordered[num_decodes:], key_start[num_decodes:], num_decodes,
                                     slots)
         shared = self._shared(ordered, groups, num_decodes, spans)
-        batch = PagedBatch(torch.cat(slots), num_decodes, prefills=spans, shared=shared, **decodes)
+        batch = PagedBatch(torch.cat(slots), num_decodes, prefills=spans, shared=shared,
+                           spans_in_place=bool(spans) and self.spans_in_place, **decodes)
         return self._tensor(ids), self._tensor(positions), batch
 
     def _decodes(self, decodes: list[ScheduledChunk], key_start: list[int],

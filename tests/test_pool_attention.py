@@ -1,12 +1,13 @@
-"""The C++ CPU kernels (kernels/cpu_kernels.cpp) against their torch references: decode attention
-over gathered blocks, and the KV store."""
+"""The C++ CPU kernels (kernels/cpu_kernels.cpp, prefill_attention.cpp) against their torch
+references: decode and prefill attention over gathered blocks, and the KV store."""
 import pytest
 import torch
 
 import kojudge
 from conftest import hf_greedy, random_prompts
 from kojudge import SamplingParams
-from kojudge.kernels import decode_attention as kernel
+from kojudge.attention import torch_paged
+from kojudge.kernels import pool_attention as kernel
 from kojudge.kernels.cpu_attention import partial_attention, store_kv
 from kojudge.kernels.native import library
 
@@ -79,6 +80,77 @@ def test_kernel_rejects_counts_past_the_blocks_given():
                                 torch.tensor([3]), 16)
     assert not kernel.supports(k[..., :48], 16) and not kernel.supports(k, 8)
     assert kernel.supports(k, 16) and not kernel.supports(k.half(), 16)
+
+
+def _prefill_reference(q, k, v, blocks, num_keys, block_size, causal):
+    """partial_attention in float32 over the gathered blocks, the causal mask as a bias."""
+    m, heads, d = q.shape
+    kv_heads = k.shape[0]
+    keys, values = (x.view(kv_heads, -1, block_size, d)[:, blocks].flatten(1, 2)[:, :num_keys]
+                    .float()[:, None] for x in (k, v))
+    bias = None
+    if causal:
+        seen = torch.arange(num_keys)[None, :] <= torch.arange(m)[:, None] + num_keys - m
+        bias = torch.zeros(m, num_keys).masked_fill_(~seen, float("-inf"))
+    grouped = q.float().view(m, kv_heads, heads // kv_heads, d).permute(1, 2, 0, 3)
+    out, lse = partial_attention(grouped, keys, values, bias)
+    return out.permute(2, 0, 1, 3).reshape(m, heads, d), lse.permute(2, 0, 1).reshape(m, heads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 4), (14, 2), (11, 1)])
+def test_prefill_kernel_matches_attention_over_gathered_blocks(dtype, d, heads, kv_heads):
+    """Spans of 1 to 70 queries over 1 to 300 keys: inside one tile of 32 keys, across row
+    blocks of 32 stacked rows and key blocks of 128, causal and not."""
+    generator = torch.Generator().manual_seed(d * heads + kv_heads)
+    block_size, pool_blocks = 16, 40
+    k, v = _pool(kv_heads, pool_blocks, block_size, d, dtype, generator)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # bfloat16 rounds the output
+    for rows, num_keys, causal in [(1, 1, True), (5, 17, True), (40, 40, True), (33, 300, True),
+                                   (70, 129, False), (3, 64, False)]:
+        blocks = torch.randperm(pool_blocks, generator=generator)[: -(-num_keys // block_size)]
+        q = torch.randn(rows, heads, d, generator=generator).to(dtype)
+        out, lse = kernel.prefill_attention(q, k, v, blocks, num_keys, block_size, causal)
+        ref_out, ref_lse = _prefill_reference(q, k, v, blocks, num_keys, block_size, causal)
+        assert out.dtype == dtype and out.shape == q.shape
+        torch.testing.assert_close(out.float(), ref_out, atol=tolerance, rtol=tolerance)
+        torch.testing.assert_close(lse, ref_lse, atol=1e-4, rtol=1e-5)
+
+
+def test_prefill_kernel_rejects_what_it_cannot_attend():
+    k, v = _pool(2, 4, 16, 64, torch.float32, torch.Generator().manual_seed(0))
+    q = torch.randn(8, 4, 64)
+    with pytest.raises(RuntimeError, match="num_keys"):
+        kernel.prefill_attention(q, k, v, torch.tensor([0, 1]), 33, 16)
+    with pytest.raises(RuntimeError, match="causal queries"):
+        kernel.prefill_attention(q, k, v, torch.tensor([0]), 5, 16)
+    with pytest.raises(RuntimeError, match="outside the pool"):
+        kernel.prefill_attention(q, k, v, torch.tensor([4]), 16, 16)
+
+
+@pytest.mark.parametrize("spans_in_place", [True, False])
+def test_engine_prefills_in_place_and_matches_transformers(model_dirs, hf_models,
+                                                           spans_in_place, monkeypatch):
+    """Prefill spans on the kernel (chunked, so that later chunks see keys before them) give
+    transformers' greedy tokens and the torch path's log-probs within float32 rounding."""
+    calls = []
+    kernel_call = torch_paged.prefill_attention
+    monkeypatch.setattr(torch_paged, "prefill_attention",
+                        lambda *args: calls.append(len(args[0])) or kernel_call(*args))
+    prompts = random_prompts([30, 75, 140], seed=8)
+    params = SamplingParams(max_tokens=8, ignore_eos=True, logprobs=True)
+    engine = kojudge.Engine(model_dirs["qwen3-tied"], max_num_batched_tokens=64)
+    engine.runner.spans_in_place = spans_in_place
+    outs = engine.generate(prompts, params)
+    reference = kojudge.Engine(model_dirs["qwen3-tied"], max_num_batched_tokens=64)
+    reference.runner.spans_in_place = False
+    expected = reference.generate(prompts, params)
+    assert bool(calls) == spans_in_place
+    for prompt, out, ref in zip(prompts, outs, expected):
+        assert out.token_ids == hf_greedy(hf_models["qwen3-tied"], prompt, 8) == ref.token_ids
+        torch.testing.assert_close(torch.tensor(out.logprobs), torch.tensor(ref.logprobs),
+                                   atol=1e-5, rtol=0)
 
 
 def test_engine_decodes_in_place_and_matches_transformers(model_dirs, hf_models):
