@@ -269,6 +269,10 @@ std::vector<at::Tensor> prefill_attention(const at::Tensor& q, const at::Tensor&
                                           const at::Tensor& v, const at::Tensor& blocks,
                                           int64_t num_keys, int64_t block_size, bool causal);
 
+// token_ops.cpp
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("store_kv", &store_kv,
         "k, v [T, kv_heads, d] into the slots [T] (int64) of caches [kv_heads, slots, d]");
@@ -279,4 +283,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "q [M, heads, d] to the first num_keys paged keys/values [kv_heads, slots, d] of the "
         "blocks [n] (int64), causal: the queries are the last M positions -> (out [M, heads, d], "
         "LSE [M, heads] float32)");
+  m.def("rms_norm", &rms_norm, "RMSNorm of x [N, D] or [N, H, D] times weight [D]");
+  m.def("rotary", &rotary, "x [T, heads, d] rotated by cos, sin [T, 1, d]");
 }

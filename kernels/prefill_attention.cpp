@@ -226,10 +226,11 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const T* qp = q.data_ptr<T>();
   T* op = out.data_ptr<T>();
   float* lp = lse.data_ptr<float>();
-  // Last row blocks first: causal ones see the most keys, so no thread waits on a long tail.
+  // A KV head at a time, so that its packed keys stay in cache; in it the last row blocks
+  // first: causal ones see the most keys, and no thread waits on a long tail.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (int64_t task = 0; task < kv_heads * row_blocks; ++task) {
-    const int64_t head = task % kv_heads, block = row_blocks - 1 - task / kv_heads;
+    const int64_t head = task / row_blocks, block = row_blocks - 1 - task % row_blocks;
     attend_rows<T, D>(qp, ktp + head * padded * D, vfp + head * padded * D, shape, head,
                       block * kRows, op, lp);
   }

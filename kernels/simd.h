@@ -82,4 +82,40 @@ inline void transpose16(__m512* r) {
   for (int i = 0; i < 16; ++i) r[i] = out[i];
 }
 
+// The first n (<= 16) elements as float32; the other lanes 0.
+inline __m512 load16(const float* p, int n) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+}
+
+inline __m512 load16(const c10::BFloat16* p, int n) {
+  __m256i bits = _mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1), p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// x rounded to the nearest bfloat16 (ties to even), as c10::BFloat16 rounds; NaN stays NaN.
+inline __m256i to_bf16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  rounded = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7fc00000));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+}
+
+// x's first n lanes stored, in float32 or rounded to bfloat16.
+inline void store16(float* p, __m512 x, int n) {
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), x);
+}
+
+inline void store16(c10::BFloat16* p, __m512 x, int n) {
+  _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1), to_bf16(x));
+}
+
+// x as the element type would hold it: unchanged in float32, rounded through bfloat16.
+inline __m512 round_to(__m512 x, const float*) { return x; }
+
+inline __m512 round_to(__m512 x, const c10::BFloat16*) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(to_bf16(x)), 16));
+}
+
 }  // namespace kojudge

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kojudge.kernels import onednn
+from kojudge.kernels import onednn, token_ops
 from kojudge.model.config import ModelConfig
 
 
@@ -59,6 +59,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if token_ops.applies(x, self.weight):
+            return token_ops.rms_norm(x, self.weight, self.eps)
         # Normalized in float32 and rounded to x's dtype before the weight, as the reference
         # implementations do. 16-bit input is cast first: F.rms_norm on it multiplies 16-bit by
         # float32, a mixed-dtype loop 15x slower than the cast and a float32 multiply.
@@ -108,6 +110,8 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    if token_ops.applies(x, cos):
+        return token_ops.rotary(x, cos, sin)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1).mul_(sin).add_(x * cos)
 
