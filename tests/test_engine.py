@@ -10,6 +10,8 @@ import kojudge
 from conftest import MODELS, hf_greedy, random_prompts
 from kojudge import SamplingParams
 from kojudge.kernels import onednn
+from kojudge.model.decoder import Linear
+from kojudge.model.weights import hf_state_dict
 
 LENGTHS = [5, 17, 1, 33, 60, 3, 24]
 MAX_TOKENS = [32, 40, 33, 36, 32, 48, 34]  # prompts finish at different steps
@@ -166,6 +168,15 @@ def test_packed_linear_layers_match_dense_ones_and_follow_update_weights(model_d
     packed.update_weights(new)
     dense.update_weights(new)
     assert same_outputs() != before  # the packed copies follow the new weights
+    # Each linear weight is held once, packed; the embedding (also the tied LM head) stays.
+    released = {n for n, p in packed.model.named_parameters() if p.numel() == 0}
+    assert released == {f"{n}.weight" for n, m in packed.model.named_modules()
+                        if isinstance(m, Linear)}
+    assert "embed_tokens.weight" not in released
+    with pytest.raises(ValueError, match="packed only"):
+        hf_state_dict(packed.model)
+    with pytest.raises(ValueError, match="down_proj.weight: shape"):
+        packed.update_weights({**new, "layers.0.mlp.down_proj.weight": torch.zeros(3, 3)})
     with pytest.raises(ValueError, match="pack_weights.*float16"):
         kojudge.Engine(path, dtype="float16", pack_weights=True)
 

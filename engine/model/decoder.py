@@ -7,7 +7,8 @@ serves the engine and the trainer.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Protocol
+import math
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -95,9 +96,10 @@ class Rotary(nn.Module):
     def _grow(self, length: int) -> None:
         length = max(length, 2 * self.cos.shape[0], 256)
         freqs = torch.outer(torch.arange(length, dtype=torch.float), self.inv_freq)
-        angles = torch.cat([freqs, freqs], dim=-1)
-        self.cos = (angles.cos() * self.scaling).to(self.cos.device)
-        self.sin = (angles.sin() * self.scaling).to(self.sin.device)
+        for name, fn in (("cos", math.cos), ("sin", math.sin)):
+            table = _reproducible(fn, freqs)
+            setattr(self, name, (torch.cat([table, table], dim=-1) * self.scaling)
+                    .to(getattr(self, name).device))
 
     def table(self, positions: torch.Tensor,
               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +109,14 @@ class Rotary(nn.Module):
             self._grow(int(positions.max()) + 1)
         return (self.cos[positions].unsqueeze(1).to(dtype),
                 self.sin[positions].unsqueeze(1).to(dtype))
+
+
+def _reproducible(fn: Callable[[float], float], angles: torch.Tensor) -> torch.Tensor:
+    """fn (math.cos or math.sin) of float32 angles, in float64 and rounded: torch's vectorized cos
+    gave other last bits in about one fresh process in twelve on one machine, which moved a
+    judge's outputs between identical runs."""
+    values = torch.tensor([fn(a) for a in angles.flatten().tolist()], dtype=torch.float64)
+    return values.view(angles.shape).float()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -158,11 +168,12 @@ class SwiGLU(nn.Module):
                                    bias=config.mlp_bias)
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
-    def pack(self) -> None:
-        """Gate and up apart on oneDNN, so that SiLU and the product run in the GEMMs' epilogues:
-        one pass over the activations instead of three (0.5B shape, 2,048 tokens, bfloat16:
-        41 ms -> 30 ms a layer)."""
-        gate, up = self.gate_up_proj.weight.split(self.intermediate)
+    def pack(self, weight: torch.Tensor) -> None:
+        """Gate and up (`weight`, gate_up_proj's) apart on oneDNN, so that SiLU and the product
+        run in the GEMMs' epilogues: one pass over the activations instead of three (0.5B shape,
+        2,048 tokens, bfloat16: 41 ms -> 30 ms a layer). The biases stay views of their
+        parameter."""
+        gate, up = weight.split(self.intermediate)
         bias = self.gate_up_proj.bias
         biases = (None, None) if bias is None else bias.split(self.intermediate)
         self.packed = (onednn.pack(gate), onednn.pack(up), *biases)
@@ -221,16 +232,35 @@ class Model(nn.Module):
         return self.norm(x)
 
     @torch.no_grad()
+    def pack_weight(self, name: str, weight: torch.Tensor) -> bool:
+        """For inference on oneDNN (`onednn.can_pack` says where it applies): pack `weight` as
+        the parameter `name` where that is a linear layer's weight, and release the dense
+        parameter, so that the model holds each weight once (and a first Engine() touches half
+        the memory). The tied LM head is packed from the embedding, which stays. True when the
+        dense parameter was released; call again for each changed weight."""
+        if name == "embed_tokens.weight" and self.lm_head is None:
+            self.lm_head_packed = onednn.pack(weight)
+        path = name.removesuffix(".weight")
+        linear = self.get_submodule(path) if path != name else None
+        if not isinstance(linear, Linear):
+            return False
+        expected = (linear.out_features, linear.in_features)
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"{name}: shape {tuple(weight.shape)}, the model has {expected}")
+        owner = self.get_submodule(path.rpartition(".")[0]) if "." in path else self
+        if isinstance(owner, SwiGLU) and linear is owner.gate_up_proj:
+            owner.pack(weight)
+        elif linear is self.lm_head:
+            self.lm_head_packed = onednn.pack(weight)
+        else:
+            linear.packed = onednn.pack(weight)
+        linear.weight = nn.Parameter(weight.new_empty(0), requires_grad=False)
+        return True
+
     def pack_weights(self) -> None:
-        """Pack every linear weight, the LM head included, for oneDNN (`onednn.can_pack` says where
-        it applies); call again after the weights change."""
-        merged = {layer.mlp.gate_up_proj for layer in self.layers}  # SwiGLU packs its halves
-        for module in self.modules():
-            if isinstance(module, SwiGLU):
-                module.pack()
-            elif isinstance(module, Linear) and module is not self.lm_head and module not in merged:
-                module.packed = onednn.pack(module.weight)
-        self.lm_head_packed = onednn.pack(self.lm_head_weight)
+        """pack_weight for every weight the model holds dense."""
+        for name, weight in list(self.named_parameters()):
+            self.pack_weight(name, weight)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head_packed is not None:

@@ -70,8 +70,10 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
                          f"{exc}") from exc
 
 
-def load_weights(model: Model, model_dir: str | Path) -> None:
-    """Copy the checkpoint's tensors into `model`, merging q/k/v and gate/up; checks every shape."""
+def load_weights(model: Model, model_dir: str | Path, packed: bool = False) -> None:
+    """Copy the checkpoint's tensors into `model`, merging q/k/v and gate/up; checks every shape.
+    packed: weights that Model.pack_weight keeps packed go there from the file, with no dense
+    copy."""
     model_dir = Path(model_dir)
     files = _weight_files(model_dir)
     params = dict(model.named_parameters())
@@ -99,16 +101,37 @@ def load_weights(model: Model, model_dir: str | Path) -> None:
                     raise ValueError(f"{path}: tensor {hf_name!r} has shape "
                                      f"{tuple(tensor.shape)}, config.json implies {expected}")
                 tensors.append(tensor)
-            with torch.no_grad():  # each piece into its rows: a merged copy would be new memory
-                for rows, tensor in zip(params[name].split([len(t) for t in tensors]), tensors):
-                    rows.copy_(tensor)
+            param = params[name]
+            if not (packed and model.pack_weight(name, _stacked(tensors, param.dtype))):
+                _copy_rows(tensors, param)
     except SafetensorError as exc:
         raise ValueError(f"{model_dir}: cannot read safetensors file (truncated or corrupt?): "
                          f"{exc}") from exc
 
 
+def _stacked(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The pieces stacked along dim 0 in `dtype`, in one pass (or none: a single piece already
+    in it is returned as it is)."""
+    if len(tensors) == 1 and tensors[0].dtype == dtype:
+        return tensors[0]
+    out = torch.empty((sum(len(t) for t in tensors), *tensors[0].shape[1:]), dtype=dtype)
+    _copy_rows(tensors, out)
+    return out
+
+
+@torch.no_grad()
+def _copy_rows(tensors: list[torch.Tensor], out: torch.Tensor) -> None:
+    """Each piece into its rows of `out`: a merged copy first would be new memory."""
+    for rows, tensor in zip(out.split([len(t) for t in tensors]), tensors):
+        rows.copy_(tensor)
+
+
 def hf_state_dict(model: Model) -> dict[str, torch.Tensor]:
     """The model's weights under Hugging Face names, merged tensors split back (for checkpoints)."""
+    released = [name for name, p in model.named_parameters() if p.numel() == 0]
+    if released:
+        raise ValueError(f"hf_state_dict: {released[0]} is held packed only (an inference model "
+                         "loaded with packed=True); load the checkpoint without packing")
     return to_hf_names(model.config, {name: p.detach() for name, p in model.named_parameters()})
 
 

@@ -77,15 +77,13 @@ class Engine:
     def _load_model(self) -> Model:
         options = self.engine_config
         model = empty_model(self.config, self.dtype, self.device)
-        load_weights(model, self.model_dir)
         packable = onednn.can_pack(model)
         if options.pack_weights and not packable:
             raise ValueError("pack_weights: oneDNN packing needs a CPU model in float32 or "
                              "bfloat16 and a torch built with oneDNN; this one is "
                              f"{options.dtype} on {self.device}")
         self.pack_weights = packable if options.pack_weights is None else options.pack_weights
-        if self.pack_weights:
-            model.pack_weights()
+        load_weights(model, self.model_dir, packed=self.pack_weights)
         return model.eval()
 
     def _allocate_kv_cache(self) -> KVCache:
@@ -258,9 +256,9 @@ class Engine:
         if missing:
             raise KeyError(f"update_weights(): no tensor for {missing[:3]}")
         for name, param in params.items():
-            param.copy_(weights[name])
-        if self.pack_weights:
-            self.model.pack_weights()
+            new = weights[name].to(param.device)
+            if not (self.pack_weights and self.model.pack_weight(name, new.to(param.dtype))):
+                param.copy_(new)
         self.prefix_cache.clear()
 
     def stats(self) -> dict[str, int]:
