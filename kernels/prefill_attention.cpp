@@ -282,7 +282,8 @@ std::vector<at::Tensor> prefill_attention(const at::Tensor& q, const at::Tensor&
   const int64_t tiles = (num_keys + kTile - 1) / kTile;
   auto table = blocks_c;
   const int64_t needed = (tiles * kTile + block_size - 1) / block_size;
-  if (needed > blocks_c.size(0)) table = at::cat({blocks_c, blocks_c.new_zeros(needed - blocks_c.size(0))});
+  if (needed > blocks_c.size(0))
+    table = at::cat({blocks_c, blocks_c.new_zeros(needed - blocks_c.size(0))});
   auto out = at::empty_like(q);
   auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
   if (q.size(0) == 0) return {out, lse};

@@ -1,5 +1,5 @@
-"""The C++ CPU kernels (kernels/cpu_kernels.cpp, prefill_attention.cpp) against their torch
-references: decode and prefill attention over gathered blocks, and the KV store."""
+"""The C++ CPU kernels (kernels/*.cpp) against their torch references: decode and prefill
+attention over gathered blocks, the KV store, RMSNorm and the rotary embedding."""
 import pytest
 import torch
 
@@ -7,9 +7,10 @@ import kojudge
 from conftest import hf_greedy, random_prompts
 from kojudge import SamplingParams
 from kojudge.attention import torch_paged
-from kojudge.kernels import pool_attention as kernel
+from kojudge.kernels import pool_attention as kernel, token_ops
 from kojudge.kernels.cpu_attention import partial_attention, store_kv
 from kojudge.kernels.native import library
+from kojudge.model.decoder import RMSNorm
 
 pytestmark = pytest.mark.skipif(
     library is None, reason="the C++ CPU kernels are not loaded (they need AVX-512, and a "
@@ -191,3 +192,36 @@ def test_store_matches_index_copy(dtype, tokens):
     assert caches[0].abs().sum() > 0
     with pytest.raises(RuntimeError, match="outside the pool"):
         library.store_kv(k, v, caches[0], caches[1], slots + pool)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [16, 24, 64, 128])
+def test_token_ops_round_where_the_torch_code_rounds(dtype, d):
+    """Rotary on q as the model has it (a view of the fused projection) and RMSNorm over widths
+    that end inside a vector: rotary bit for bit in both dtypes, RMSNorm bit for bit in
+    bfloat16 and within 3 ulp in float32 (another order of the sum of squares)."""
+    generator = torch.Generator().manual_seed(d)
+    tokens, heads = 37, 3
+    fused = torch.randn(tokens, 2 * heads * d, generator=generator).to(dtype)
+    q = fused[:, : heads * d].view(tokens, heads, d)
+    cos, sin = (torch.randn(tokens, 1, d, generator=generator).to(dtype) for _ in range(2))
+    x1, x2 = q.chunk(2, dim=-1)
+    reference = torch.cat([-x2, x1], dim=-1).mul_(sin).add_(q * cos)
+    with torch.no_grad():
+        assert token_ops.applies(q, cos)
+        assert torch.equal(token_ops.rotary(q, cos, sin), reference)
+    norm = RMSNorm(d, 1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(d, generator=generator))
+        rows = fused[:, :d]
+        ours = token_ops.rms_norm(rows, norm.weight, norm.eps)
+    wide = rows.float()
+    normed = (wide * torch.rsqrt(wide.square().mean(-1, keepdim=True) + 1e-6)).to(dtype)
+    reference = norm.weight * normed
+    if dtype == torch.float32:
+        torch.testing.assert_close(ours, reference, atol=0, rtol=3.6e-7)
+    else:
+        assert torch.equal(ours, reference)
+    with torch.no_grad():
+        assert not token_ops.applies(q, cos.half())  # another dtype: the torch code
+    assert not token_ops.applies(q, cos)  # with grad (training): the torch code
