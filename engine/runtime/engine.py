@@ -256,8 +256,8 @@ class Engine:
         if missing:
             raise KeyError(f"update_weights(): no tensor for {missing[:3]}")
         for name, param in params.items():
-            new = weights[name].to(param.device)
-            if not (self.pack_weights and self.model.pack_weight(name, new.to(param.dtype))):
+            new = weights[name].to(param.device, param.dtype)
+            if not (self.pack_weights and self.model.pack_weight(name, new)):
                 param.copy_(new)
         self.prefix_cache.clear()
 
