@@ -21,6 +21,7 @@
 #include <numeric>
 #include <vector>
 
+#include "pool_inputs.h"
 #include "simd.h"
 
 namespace {
@@ -196,13 +197,7 @@ void dispatch_dim(int64_t d, int64_t group, const at::Tensor& q, const at::Tenso
 std::vector<at::Tensor> decode_attention(const at::Tensor& q, const at::Tensor& k,
                                          const at::Tensor& v, const at::Tensor& blocks,
                                          const at::Tensor& counts, int64_t block_size) {
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && k.sizes() == v.sizes(),
-              "decode_attention: q [B, heads, d], k and v [kv_heads, slots, d]");
-  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(),
-              "decode_attention: contiguous q, k, v");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
-              "decode_attention: q, k, v of one dtype");
-  TORCH_CHECK(q.size(1) % k.size(0) == 0, "decode_attention: heads a multiple of kv_heads");
+  check_pool_inputs(q, k, v, "decode_attention");
   TORCH_CHECK(block_size % 16 == 0, "decode_attention: block_size a multiple of 16");
   TORCH_CHECK(blocks.scalar_type() == at::kLong && counts.scalar_type() == at::kLong &&
                   blocks.dim() == 2 && blocks.size(0) == q.size(0) && counts.numel() == q.size(0),
@@ -216,10 +211,6 @@ std::vector<at::Tensor> decode_attention(const at::Tensor& q, const at::Tensor& 
   auto out = at::empty_like(q);
   auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
   const int64_t group = q.size(1) / k.size(0), d = q.size(2);
-  TORCH_CHECK(d == 16 || d == 32 || d == 64 || d == 128,
-              "decode_attention: head_dim 16, 32, 64 or 128, not ", d);
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16,
-              "decode_attention: float32 or bfloat16");
   if (q.scalar_type() == at::kFloat) {
     dispatch_dim<float>(d, group, q, k, v, blocks_c, counts_c, block_size, out, lse);
   } else {

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <limits>
 
+#include "pool_inputs.h"
 #include "simd.h"
 
 namespace {
@@ -28,33 +29,31 @@ constexpr int kBlockKeys = 128;   // keys per online-softmax step
 constexpr int kRows = 32;         // stacked query rows per task
 constexpr int kScoreRows = 8;     // query rows per score micro-tile (16 accumulators)
 
-// One KV head's keys at positions [tile * 32, tile * 32 + 32) for tile in [first, last), as
-// kt[tile][j][i] = key i's element j, and its values as rows vf[position][D], both float32.
-// Positions past num_keys are zeros (their scores are masked).
+// One KV head's keys at positions [tile * 32, tile * 32 + 32), as kt[tile][j][i] = key i's
+// element j, and its values as rows vf[position][D], both float32. Positions past num_keys are
+// zeros (their scores are masked).
 template <typename T, int D>
-void pack_tiles(const T* k_head, const T* v_head, const int64_t* blocks, int64_t block_size,
-                int64_t num_keys, int64_t first, int64_t last, float* kt, float* vf) {
-  for (int64_t tile = first; tile < last; ++tile) {
-    for (int half = 0; half < 2; ++half) {
-      const T* k_rows[16];
-      const int64_t base = tile * kTile + half * 16;
-      for (int i = 0; i < 16; ++i) {
-        const int64_t pos = base + i;
-        const int64_t slot = blocks[pos / block_size] * block_size + pos % block_size;
-        k_rows[i] = pos < num_keys ? k_head + slot * D : nullptr;
-        float* v_row = vf + pos * D;
-        for (int c = 0; c < D; c += 16)
-          _mm512_storeu_ps(v_row + c, pos < num_keys ? load16(v_head + slot * D + c)
-                                                     : _mm512_setzero_ps());
-      }
-      float* dst = kt + tile * D * kTile + half * 16;
-      for (int c = 0; c < D; c += 16) {
-        __m512 rows[16];
-        for (int i = 0; i < 16; ++i)
-          rows[i] = k_rows[i] != nullptr ? load16(k_rows[i] + c) : _mm512_setzero_ps();
-        transpose16(rows);
-        for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst + (c + j) * kTile, rows[j]);
-      }
+void pack_tile(const T* k_head, const T* v_head, const int64_t* blocks, int64_t block_size,
+               int64_t num_keys, int64_t tile, float* kt, float* vf) {
+  for (int half = 0; half < 2; ++half) {
+    const T* k_rows[16];
+    const int64_t base = tile * kTile + half * 16;
+    for (int i = 0; i < 16; ++i) {
+      const int64_t pos = base + i;
+      const int64_t slot = blocks[pos / block_size] * block_size + pos % block_size;
+      k_rows[i] = pos < num_keys ? k_head + slot * D : nullptr;
+      float* v_row = vf + pos * D;
+      for (int c = 0; c < D; c += 16)
+        _mm512_storeu_ps(v_row + c, pos < num_keys ? load16(v_head + slot * D + c)
+                                                   : _mm512_setzero_ps());
+    }
+    float* dst = kt + tile * D * kTile + half * 16;
+    for (int c = 0; c < D; c += 16) {
+      __m512 rows[16];
+      for (int i = 0; i < 16; ++i)
+        rows[i] = k_rows[i] != nullptr ? load16(k_rows[i] + c) : _mm512_setzero_ps();
+      transpose16(rows);
+      for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst + (c + j) * kTile, rows[j]);
     }
   }
 }
@@ -218,9 +217,8 @@ void attend_all(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t task = 0; task < kv_heads * shape.tiles; ++task) {
     const int64_t head = task / shape.tiles, tile = task % shape.tiles;
-    pack_tiles<T, D>(kp + head * slots * D, vp + head * slots * D, bp, block_size,
-                     shape.num_keys, tile, tile + 1, ktp + head * padded * D,
-                     vfp + head * padded * D);
+    pack_tile<T, D>(kp + head * slots * D, vp + head * slots * D, bp, block_size, shape.num_keys,
+                    tile, ktp + head * padded * D, vfp + head * padded * D);
   }
   const int64_t row_blocks = (shape.tokens * shape.group + kRows - 1) / kRows;
   const T* qp = q.data_ptr<T>();
@@ -253,19 +251,8 @@ void dispatch_dim(int64_t d, const at::Tensor& q, const at::Tensor& k, const at:
 std::vector<at::Tensor> prefill_attention(const at::Tensor& q, const at::Tensor& k,
                                           const at::Tensor& v, const at::Tensor& blocks,
                                           int64_t num_keys, int64_t block_size, bool causal) {
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && k.sizes() == v.sizes(),
-              "prefill_attention: q [M, heads, d], k and v [kv_heads, slots, d]");
-  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(),
-              "prefill_attention: contiguous q, k, v");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
-              "prefill_attention: q, k, v of one dtype");
-  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16,
-              "prefill_attention: float32 or bfloat16");
-  TORCH_CHECK(q.size(1) % k.size(0) == 0, "prefill_attention: heads a multiple of kv_heads");
-  TORCH_CHECK(q.size(2) == k.size(2), "prefill_attention: q and k of one head_dim");
+  check_pool_inputs(q, k, v, "prefill_attention");
   const int64_t d = q.size(2);
-  TORCH_CHECK(d == 16 || d == 32 || d == 64 || d == 128,
-              "prefill_attention: head_dim 16, 32, 64 or 128, not ", d);
   TORCH_CHECK(blocks.scalar_type() == at::kLong && blocks.dim() == 1,
               "prefill_attention: blocks [n], int64");
   TORCH_CHECK(block_size > 0 && num_keys > 0 && num_keys <= blocks.size(0) * block_size,
